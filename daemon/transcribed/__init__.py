@@ -1,0 +1,1 @@
+"""transcribed: long recordings in, timestamped transcripts out."""

@@ -1,0 +1,4 @@
+from transcribed.cli import main
+import sys
+
+sys.exit(main())

@@ -1,0 +1,269 @@
+"""The daemon: builds the shared services and owns the root nursery.
+
+    root nursery
+      ├─ progress writer        the single writer of progress files
+      ├─ systemd notifier       READY=1 once serving, WATCHDOG=1 while the loop is healthy
+      ├─ signal watcher         first SIGTERM/SIGINT drains, a second one stops at once
+      └─ workers nursery
+           ├─ job workers × N   one job each at a time; the job boundary records the outcome
+           └─ intake nursery    resumed jobs first, then scan + watch + rescan → claimed jobs
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+from collections.abc import Callable
+from datetime import datetime
+from pathlib import Path
+
+import structlog
+import trio
+
+from transcribed.atomic import atomic_write_json, remove_stale_temps
+from transcribed.config import Config
+from transcribed.engines import open_engine
+from transcribed.errors import ConfigError, RejectedFileError, TranscribedError
+from transcribed.gate import Gate
+from transcribed.intake import Claimer, StemRegistry, Watcher, recover_work, serve_intake, watch_with_watchfiles
+from transcribed.jobs import Services, job_summary, new_progress, run_job
+from transcribed.journal import JobRecord, Journal
+from transcribed.progress import ProgressBoard, isoformat, utc_now
+from transcribed.systemd import Notifier
+
+logger = structlog.get_logger()
+
+
+def prepare_folders(config: Config) -> None:
+    """Create the folders, check claims can be atomic, sweep temp files a crash left behind."""
+    folders = config.folders
+    for name, path in folders.items():
+        try:
+            path.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise ConfigError(f"cannot create the {name} folder {path}: {exc.strerror}") from None
+        if not os.access(path, os.W_OK | os.X_OK):
+            raise ConfigError(f"the {name} folder {path} is not writable by this user")
+    if folders["inbox"].stat().st_dev != folders["work"].stat().st_dev:
+        raise ConfigError(
+            f"inbox {folders['inbox']} and work {folders['work']} are on different filesystems",
+            hint="claims are atomic renames; put both folders on the same filesystem",
+        )
+    for name in ("outbox", "done", "failed"):
+        remove_stale_temps(folders[name])
+
+
+def _move_unique(source: Path, folder: Path, stem: str, suffix: str) -> Path:
+    target = folder / f"{stem}{suffix}"
+    number = 1
+    while target.exists():
+        number += 1
+        target = folder / f"{stem}-{number}{suffix}"
+    shutil.move(source, target)
+    return target
+
+
+def _primary_error(errors: list[Exception]) -> Exception:
+    """The error that best explains a failed job: the file's fault first, then the engine's."""
+    for kind in (RejectedFileError, TranscribedError):
+        for error in errors:
+            if isinstance(error, kind):
+                return error
+    return errors[0]
+
+
+def _leaves(group: BaseExceptionGroup[Exception]) -> list[Exception]:
+    leaves: list[Exception] = []
+    for error in group.exceptions:
+        if isinstance(error, BaseExceptionGroup):
+            leaves.extend(_leaves(error))
+        else:
+            leaves.append(error)
+    return leaves
+
+
+class Daemon:
+    """Everything one running daemon shares between its tasks."""
+
+    def __init__(self, config: Config, services: Services, stems: StemRegistry) -> None:
+        self.config = config
+        self.services = services
+        self.stems = stems
+        self.folders = config.folders
+
+    async def serve_job_worker(self, jobs: trio.MemoryReceiveChannel[Journal]) -> None:
+        async with jobs:
+            async for journal in jobs:
+                await self.process_job(journal)
+
+    async def process_job(self, journal: Journal) -> None:
+        """The job boundary: run one job and record its outcome; only Cancelled escapes."""
+        record = await trio.to_thread.run_sync(journal.load)
+        log = logger.bind(job_id=record.job_id)
+        board = self.services.board
+        progress = new_progress(self.services, record)
+        started = trio.current_time()
+        source = journal.folder / record.source_file
+        if record.state == "published":
+            await trio.to_thread.run_sync(self._dispose_source, record, source)
+            board.update(progress, state="done")
+            await trio.to_thread.run_sync(journal.remove)
+            self.stems.release(record.stem)
+            return
+        record = JobRecord(**{**record.as_dict(), "attempts": record.attempts + 1})
+        await trio.to_thread.run_sync(journal.save, record)
+        failure: Exception | None = None
+        try:
+            if record.attempts > self.config.max_attempts:
+                raise RejectedFileError(
+                    f"this file stopped the daemon {record.attempts - 1} times while it was being transcribed",
+                    hint="it is probably damaged or hostile; convert it to a common format and drop it again",
+                    code="poison",
+                )
+            outcome = await run_job(
+                self.services,
+                journal,
+                record,
+                progress,
+                output_dir=self.folders["outbox"],
+                source=source,
+            )
+        except* Exception as group:
+            failure = _primary_error(_leaves(group))
+        seconds = round(trio.current_time() - started, 2)
+        if failure is not None:
+            await self._fail(journal, record, progress, failure, seconds)
+            return
+        record = JobRecord(**{**record.as_dict(), "state": "published"})
+        await trio.to_thread.run_sync(journal.save, record)
+        await trio.to_thread.run_sync(self._dispose_source, record, source)
+        board.update(progress, state="done", outputs=[p.name for p in outcome.outputs])
+        await trio.to_thread.run_sync(journal.remove)
+        self.stems.release(record.stem)
+        log.info("job.finished", outcome="done", seconds=seconds, **job_summary(record, outcome))
+
+    def _dispose_source(self, record: JobRecord, source: Path) -> None:
+        if not source.exists():
+            return
+        if self.config.after_success == "delete":
+            source.unlink()
+        else:
+            _move_unique(source, self.folders["done"], record.stem, Path(record.source_file).suffix)
+
+    async def _fail(
+        self, journal: Journal, record: JobRecord, progress: object, error: Exception, seconds: float
+    ) -> None:
+        log = logger.bind(job_id=record.job_id)
+        if isinstance(error, TranscribedError):
+            reason, hint, code = error.reason, error.hint, error.code
+            log.warning("job.finished", outcome="failed", error=code, reason=reason, seconds=seconds, source=record.display_name)
+        else:
+            reason = f"internal error: {type(error).__name__}: {error}"
+            hint, code = "this is a bug in transcribed; please report it with the log", "internal"
+            log.error("job.finished", outcome="failed", error=code, seconds=seconds, source=record.display_name, exc_info=error)
+
+        def move_and_explain() -> Path | None:
+            source = journal.folder / record.source_file
+            moved = None
+            if source.exists():
+                moved = _move_unique(source, self.folders["failed"], record.stem, Path(record.source_file).suffix)
+            explanation = {
+                "source": record.display_name,
+                "job_id": record.job_id,
+                "error": code,
+                "reason": reason,
+                "what_to_do": hint,
+                "moved_to": str(moved) if moved else None,
+                "failed_at": isoformat(self.services.board.now()),
+            }
+            atomic_write_json(self.folders["failed"] / f"{record.stem}.error.json", explanation)
+            journal.remove()
+            return moved
+
+        await trio.to_thread.run_sync(move_and_explain)
+        self.services.board.update(progress, state="failed", last_error=reason)  # type: ignore[arg-type]
+        self.stems.release(record.stem)
+
+
+async def run_daemon(
+    config: Config,
+    *,
+    watcher: Watcher = watch_with_watchfiles,
+    now: Callable[[], datetime] = utc_now,
+    notifier: Notifier | None = None,
+    install_signal_handlers: bool = True,
+    shutdown: trio.Event | None = None,
+) -> None:
+    """Run until SIGTERM/SIGINT (or `shutdown` is set): drain, journal, return."""
+    notifier = notifier or Notifier()
+    shutdown = shutdown or trio.Event()
+    prepare_folders(config)
+    folders = config.folders
+    stems = StemRegistry(folders["outbox"])
+    resumable = await trio.to_thread.run_sync(recover_work, folders["work"], stems)
+    board = ProgressBoard(folders["outbox"], now=now)
+
+    async with open_engine(config) as engine:
+        services = Services(config=config, engine=engine, gate=Gate(max_concurrent=engine.capacity), board=board)
+        daemon = Daemon(config, services, stems)
+        claimer = Claimer(config, stems, now=now)
+        async with trio.open_nursery() as root:
+            root.start_soon(board.serve_writer)
+            if notifier.watchdog_interval:
+                root.start_soon(_serve_watchdog, notifier, notifier.watchdog_interval)
+            async with trio.open_nursery() as workers:
+                if install_signal_handlers:
+                    root.start_soon(_serve_signals, shutdown, workers.cancel_scope, notifier)
+                send, receive = trio.open_memory_channel[Journal](0)
+                async with receive:
+                    for _ in range(config.job_workers):
+                        workers.start_soon(daemon.serve_job_worker, receive.clone())
+                async with send, trio.open_nursery() as intake:
+                    intake.start_soon(_feed, send.clone(), resumable)
+                    await intake.start(serve_intake, config, send.clone(), claimer, watcher=watcher)
+                    logger.info("daemon.ready", root=str(config.root), engine=engine.name, resumed=len(resumable), inbox=str(folders["inbox"]))
+                    notifier.ready(f"watching {folders['inbox']}")
+                    await shutdown.wait()
+                    logger.info("daemon.stopping", drain_timeout=config.drain_timeout)
+                    notifier.stopping("draining running jobs")
+                    intake.cancel_scope.cancel()
+                workers.cancel_scope.deadline = trio.current_time() + config.drain_timeout
+            root.cancel_scope.cancel()
+    logger.info("daemon.stopped")
+
+
+async def _feed(send: trio.MemorySendChannel[Journal], journals: list[Journal]) -> None:
+    async with send:
+        for journal in journals:
+            logger.info("job.resumed", job_id=journal.folder.name)
+            await send.send(journal)
+
+
+async def _serve_signals(shutdown: trio.Event, workers: trio.CancelScope, notifier: Notifier) -> None:
+    with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+        async for signum in signals:
+            if not shutdown.is_set():
+                logger.info("daemon.signal", signal=signal.Signals(signum).name, action="drain")
+                shutdown.set()
+            else:
+                logger.info("daemon.signal", signal=signal.Signals(signum).name, action="stop now")
+                workers.cancel()
+
+
+async def _serve_watchdog(notifier: Notifier, interval: float) -> None:
+    while True:
+        notifier.watchdog()
+        await trio.sleep(interval)
+
+
+def read_progress_files(outbox: Path) -> list[dict[str, object]]:
+    """Every progress file in the outbox (for `transcribed status`), newest first."""
+    found = []
+    for path in outbox.glob("*.progress.json"):
+        try:
+            found.append(json.loads(path.read_text("utf-8")))
+        except (OSError, json.JSONDecodeError):
+            continue
+    return sorted(found, key=lambda p: str(p.get("updated_at", "")), reverse=True)

@@ -1,0 +1,315 @@
+"""Configuration: frozen value objects, loaded from a TOML file, the environment and flags.
+
+Precedence is flag > environment > file > default. Every key of every section is described once,
+in the dataclasses below (type, default, help, bounds); the environment variable
+(`TRANSCRIBED_<SECTION>_<KEY>`, upper case) and the command-line flag (`--<section>-<key>`) are
+derived from that description, so the three sources can never drift apart. Unknown keys and bad
+values raise `ConfigError` naming the key and where it came from.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import tomllib
+import types
+import typing
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from transcribed.errors import ConfigError
+
+ENV_PREFIX = "TRANSCRIBED_"
+
+
+def _key(help_text: str, default: Any, **bounds: Any) -> Any:
+    return field(default=default, metadata={"help": help_text, **bounds})
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class EmbeddedConfig:
+    """The embedded Moonshine engine (offline, CPU)."""
+
+    model_dir: Path | None = _key(
+        "folder with the Moonshine base-en weights; default: the one shipped in moonshine-cpp",
+        None,
+    )
+    workers: int = _key(
+        "engine worker processes, each with its own model (~0.5 GiB each); default: one per core",
+        0,
+        min=0,
+        max=64,
+    )
+    piece_target_seconds: float = _key(
+        "aim for pieces of about this length, cut in a pause", 30.0, min=5.0, max=600.0
+    )
+    piece_max_seconds: float = _key(
+        "never send a piece longer than this (memory grows with it)", 45.0, min=10.0, max=600.0
+    )
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Config:
+    """Everything the daemon needs to know; built once at start-up."""
+
+    root: Path = _key("folder holding inbox/ outbox/ work/ done/ failed/", Path("."))
+    inbox: Path | None = _key("recordings are dropped here (default: ROOT/inbox)", None)
+    outbox: Path | None = _key("transcripts and progress files (default: ROOT/outbox)", None)
+    work: Path | None = _key("claimed jobs and their journals (default: ROOT/work)", None)
+    done: Path | None = _key("sources after success (default: ROOT/done)", None)
+    failed: Path | None = _key("rejected sources and NAME.error.json (default: ROOT/failed)", None)
+    engine: str = _key("which engine transcribes", "embedded", choices=("embedded",))
+    after_success: str = _key(
+        "what to do with a source once its transcript is written",
+        "move",
+        choices=("move", "delete"),
+    )
+    settle_interval: float = _key(
+        "a file counts as arrived once its size and mtime stayed unchanged this long",
+        5.0,
+        min=0.0,
+        max=3600.0,
+    )
+    rescan_interval: float = _key(
+        "look at the inbox this often even without file events", 30.0, min=0.1, max=3600.0
+    )
+    job_workers: int = _key("jobs worked on at the same time", 2, min=1, max=64)
+    max_audio_seconds: float = _key(
+        "refuse recordings whose decoded audio is longer than this", 12 * 3600.0, min=1.0
+    )
+    min_audio_seconds: float = _key(
+        "refuse recordings whose decoded audio is shorter than this", 0.2, min=0.0
+    )
+    probe_timeout: float = _key("seconds ffprobe may take on one file", 60.0, min=1.0)
+    decode_stall_timeout: float = _key(
+        "fail a job whose decoder produces nothing for this long", 120.0, min=1.0
+    )
+    max_attempts: int = _key(
+        "a job that crashed or hung the daemon this many times goes to failed/", 3, min=1, max=100
+    )
+    drain_timeout: float = _key(
+        "on SIGTERM, let running pieces finish for at most this long", 60.0, min=0.0, max=3600.0
+    )
+    log_format: str = _key(
+        "log lines as JSON, as readable console text, or auto (console on a terminal)",
+        "auto",
+        choices=("auto", "json", "console"),
+    )
+    log_level: str = _key(
+        "lowest level logged", "info", choices=("debug", "info", "warning", "error")
+    )
+    embedded: EmbeddedConfig = field(default_factory=EmbeddedConfig)
+
+    def folder(self, name: str) -> Path:
+        """The absolute path of one of inbox/outbox/work/done/failed."""
+        explicit: Path | None = getattr(self, name)
+        return (explicit if explicit is not None else self.root / name).absolute()
+
+    @property
+    def folders(self) -> dict[str, Path]:
+        return {name: self.folder(name) for name in ("inbox", "outbox", "work", "done", "failed")}
+
+
+SECTIONS: dict[str, type[Any]] = {"embedded": EmbeddedConfig}
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class KeySpec:
+    """One configuration key: where it lives and how it is spelled in each source."""
+
+    section: str | None
+    name: str
+    type: Any
+    optional: bool
+    help: str
+    default: Any
+    choices: tuple[str, ...] | None
+    min: float | None
+    max: float | None
+
+    @property
+    def dotted(self) -> str:
+        return f"{self.section}.{self.name}" if self.section else self.name
+
+    @property
+    def env(self) -> str:
+        return ENV_PREFIX + self.dotted.replace(".", "_").upper()
+
+    @property
+    def flag(self) -> str:
+        return "--" + self.dotted.replace(".", "-").replace("_", "-")
+
+
+def _spec_for(section: str | None, f: dataclasses.Field[Any], hints: Mapping[str, Any]) -> KeySpec:
+    hint = hints[f.name]
+    optional = False
+    if isinstance(hint, types.UnionType) or typing.get_origin(hint) is typing.Union:
+        args = [a for a in typing.get_args(hint) if a is not type(None)]
+        optional, hint = True, args[0]
+    default = f.default if f.default is not dataclasses.MISSING else None
+    return KeySpec(
+        section=section,
+        name=f.name,
+        type=hint,
+        optional=optional,
+        help=f.metadata.get("help", ""),
+        default=default,
+        choices=f.metadata.get("choices"),
+        min=f.metadata.get("min"),
+        max=f.metadata.get("max"),
+    )
+
+
+def key_specs() -> Iterator[KeySpec]:
+    """Every configuration key, top level first, then each section's."""
+    hints = typing.get_type_hints(Config)
+    for f in dataclasses.fields(Config):
+        if f.name not in SECTIONS:
+            yield _spec_for(None, f, hints)
+    for section, cls in SECTIONS.items():
+        section_hints = typing.get_type_hints(cls)
+        for f in dataclasses.fields(cls):
+            yield _spec_for(section, f, section_hints)
+
+
+def _convert(spec: KeySpec, raw: Any, source: str) -> Any:
+    """Turn a raw value (TOML value or string) into the key's type, or raise ConfigError."""
+    where = f"{spec.dotted} (from {source})"
+    if raw is None or (isinstance(raw, str) and raw == "" and spec.optional):
+        if spec.optional:
+            return None
+        raise ConfigError(f"{where} must have a value")
+    try:
+        if spec.type is bool:
+            if isinstance(raw, bool):
+                value: Any = raw
+            elif str(raw).lower() in ("1", "true", "yes", "on"):
+                value = True
+            elif str(raw).lower() in ("0", "false", "no", "off"):
+                value = False
+            else:
+                raise ValueError(raw)
+        elif spec.type is int:
+            if isinstance(raw, bool) or (isinstance(raw, float) and not raw.is_integer()):
+                raise ValueError(raw)
+            value = int(raw)
+        elif spec.type is float:
+            if isinstance(raw, bool):
+                raise ValueError(raw)
+            value = float(raw)
+        elif spec.type is Path:
+            if not isinstance(raw, str | Path):
+                raise ValueError(raw)
+            value = Path(os.path.expanduser(str(raw)))
+        else:
+            if not isinstance(raw, str):
+                raise ValueError(raw)
+            value = raw
+    except ValueError:
+        kind = {bool: "true or false", int: "a whole number", float: "a number"}.get(
+            spec.type, "text"
+        )
+        raise ConfigError(
+            f"{where}: {raw!r} is not {kind}", hint=f"{spec.dotted}: {spec.help}"
+        ) from None
+    if spec.choices is not None and value not in spec.choices:
+        raise ConfigError(
+            f"{where}: {value!r} is not one of {', '.join(spec.choices)}",
+            hint=f"{spec.dotted}: {spec.help}",
+        )
+    if spec.min is not None and value < spec.min:
+        raise ConfigError(f"{where}: {value!r} is below the minimum {spec.min:g}")
+    if spec.max is not None and value > spec.max:
+        raise ConfigError(f"{where}: {value!r} is above the maximum {spec.max:g}")
+    return value
+
+
+def _flatten_toml(data: Mapping[str, Any], path: Path) -> dict[str, Any]:
+    known = {spec.dotted for spec in key_specs()}
+    flat: dict[str, Any] = {}
+    for key, value in data.items():
+        if key in SECTIONS and isinstance(value, Mapping):
+            for sub_key, sub_value in value.items():
+                flat[f"{key}.{sub_key}"] = sub_value
+        else:
+            flat[key] = value
+    for dotted in flat:
+        if dotted not in known:
+            raise ConfigError(
+                f"unknown key {dotted!r} in {path}",
+                hint="see config/transcribed.example.toml for every key",
+            )
+    return flat
+
+
+def load_config(
+    *,
+    path: Path | None = None,
+    environ: Mapping[str, str] | None = None,
+    flags: Mapping[str, Any] | None = None,
+) -> Config:
+    """Build the Config from defaults < file < environment < flags.
+
+    `flags` maps dotted key names to raw values (strings or already-typed values); keys whose
+    value is None are treated as not given.
+    """
+    environ = os.environ if environ is None else environ
+    flags = {k: v for k, v in (flags or {}).items() if v is not None}
+    specs = {spec.dotted: spec for spec in key_specs()}
+
+    from_file: dict[str, Any] = {}
+    if path is not None:
+        try:
+            with open(path, "rb") as handle:
+                from_file = _flatten_toml(tomllib.load(handle), path)
+        except FileNotFoundError:
+            raise ConfigError(f"config file {path} does not exist") from None
+        except PermissionError:
+            raise ConfigError(f"config file {path} is not readable by this user") from None
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"config file {path} is not valid TOML: {exc}") from None
+
+    known_env = {spec.env for spec in specs.values()}
+    for name in environ:
+        if name.startswith(ENV_PREFIX) and name not in known_env:
+            raise ConfigError(
+                f"unknown environment variable {name}",
+                hint="see config/transcribed.example.toml for every key",
+            )
+
+    values: dict[str, Any] = {}
+    for dotted, spec in specs.items():
+        if dotted in flags:
+            values[dotted] = _convert(spec, flags[dotted], f"flag {spec.flag}")
+        elif spec.env in environ:
+            values[dotted] = _convert(spec, environ[spec.env], f"environment {spec.env}")
+        elif dotted in from_file:
+            values[dotted] = _convert(spec, from_file[dotted], f"config file {path}")
+    for dotted in flags:
+        if dotted not in specs:
+            raise ConfigError(f"unknown key {dotted!r}")
+
+    sections = {
+        section: cls(**{k.split(".", 1)[1]: v for k, v in values.items() if k.startswith(section + ".")})
+        for section, cls in SECTIONS.items()
+    }
+    top = {k: v for k, v in values.items() if "." not in k}
+    config = Config(**top, **sections)
+    return _validated(config)
+
+
+def _validated(config: Config) -> Config:
+    embedded = config.embedded
+    if embedded.piece_target_seconds > embedded.piece_max_seconds:
+        raise ConfigError(
+            "embedded.piece_target_seconds is longer than embedded.piece_max_seconds",
+            hint="make the target at most the maximum",
+        )
+    if config.min_audio_seconds >= config.max_audio_seconds:
+        raise ConfigError("min_audio_seconds must be below max_audio_seconds")
+    folders = config.folders
+    if len(set(folders.values())) != len(folders):
+        raise ConfigError("inbox, outbox, work, done and failed must be five different folders")
+    return dataclasses.replace(config, root=config.root.absolute())

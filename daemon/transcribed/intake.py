@@ -1,0 +1,282 @@
+"""Intake: notice arrived recordings in the inbox and claim each exactly once.
+
+A startup scan, watchfiles events and a periodic rescan all only mean "look at the inbox
+again": events are hints, the directory is the truth (inotify drops events on overflow, never
+reports files that were there before, and cannot see writes over NFS). A file counts as arrived
+when it is a regular file, not hidden, not a `*.part`-style temp name, and its (inode, size,
+mtime) stayed unchanged for `settle_interval`. Claiming is an atomic rename into work/JOB/
+(Maildir's rule: whoever renames first owns it), so two daemons sharing an inbox never take the
+same file. This is the only module that imports watchfiles.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import stat
+import unicodedata
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+
+import structlog
+import trio
+
+from transcribed.config import Config
+from transcribed.journal import JOB_FILE, JobRecord, Journal, encode_name
+from transcribed.outputs import OUTPUT_SUFFIXES
+from transcribed.progress import PROGRESS_SUFFIX, isoformat, utc_now
+
+logger = structlog.get_logger()
+
+TEMP_SUFFIXES = (".part", ".partial", ".tmp", ".filepart", ".crdownload", ".download", ".swp")
+WATCHER_RESTART_DELAY = 5.0
+
+# A watcher is an async iterator of "something changed" hints for a folder.
+Watcher = Callable[[Path], AsyncIterator[object]]
+
+
+async def watch_with_watchfiles(folder: Path) -> AsyncIterator[object]:
+    """The real watcher: inotify through watchfiles, top level of the folder only."""
+    import watchfiles
+
+    # A short rust_timeout bounds how long cancelling the watcher's thread can take.
+    async for changes in watchfiles.awatch(
+        folder, watch_filter=None, recursive=False, rust_timeout=1000
+    ):
+        yield changes
+
+
+def is_candidate_name(name: bytes) -> bool:
+    """Names the daemon may claim: not hidden, not a producer's temp name."""
+    if name.startswith(b"."):
+        return False
+    lowered = name.lower()
+    return not any(lowered.endswith(suffix.encode()) for suffix in TEMP_SUFFIXES)
+
+
+def safe_stem(name: bytes) -> str:
+    """A file-name stem for outputs, made from a producer's name: printable, no path tricks."""
+    text = unicodedata.normalize("NFC", name.decode("utf-8", "replace"))
+    stem, dot, suffix = text.rpartition(".")
+    if not dot or not stem or len(suffix) > 8:
+        stem = text
+    cleaned = "".join(
+        "_" if ch in "/\\" or not ch.isprintable() or ch == "\ufffd" else ch for ch in stem
+    )
+    cleaned = " ".join(cleaned.split()).lstrip(".-_ ")
+    encoded = cleaned.encode("utf-8")[:150]
+    return encoded.decode("utf-8", "ignore").strip() or "recording"
+
+
+def source_suffix(name: bytes) -> str:
+    """The original extension if it is plain (ffmpeg sniffs content; this only helps humans)."""
+    _, dot, suffix = name.rpartition(b".")
+    if dot and 1 <= len(suffix) <= 8 and suffix.isalnum():
+        return "." + suffix.decode("ascii").lower()
+    return ""
+
+
+def new_job_id(now: datetime) -> str:
+    return f"{now:%Y%m%dT%H%M%S}-{secrets.token_hex(3)}"
+
+
+class StemRegistry:
+    """Output stems in use: never overwrite a transcript, never let two jobs share a name."""
+
+    def __init__(self, outbox: Path) -> None:
+        self.outbox = outbox
+        self._reserved: set[str] = set()
+
+    def reserve(self, stem: str) -> None:
+        self._reserved.add(stem)
+
+    def release(self, stem: str) -> None:
+        self._reserved.discard(stem)
+
+    def _taken(self, stem: str) -> bool:
+        if stem in self._reserved:
+            return True
+        return any(
+            (self.outbox / f"{stem}{suffix}").exists()
+            for suffix in (*OUTPUT_SUFFIXES, PROGRESS_SUFFIX)
+        )
+
+    def claim_unique(self, base: str) -> str:
+        stem, number = base, 1
+        while self._taken(stem):
+            number += 1
+            stem = f"{base}-{number}"
+        self._reserved.add(stem)
+        return stem
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Seen:
+    key: tuple[int, int, int]  # inode, size, mtime_ns
+    since: float  # trio time when first seen with this key
+
+
+class SettleTracker:
+    """Decides when a file has stopped changing."""
+
+    def __init__(self, settle_interval: float) -> None:
+        self.settle_interval = settle_interval
+        self._seen: dict[bytes, Seen] = {}
+
+    def observe(self, present: dict[bytes, tuple[int, int, int]], now: float) -> list[bytes]:
+        """Record the current listing; return the names that have settled, oldest first."""
+        for name in list(self._seen):
+            if name not in present:
+                del self._seen[name]
+        settled: list[tuple[float, bytes]] = []
+        for name, key in present.items():
+            seen = self._seen.get(name)
+            if seen is None or seen.key != key:
+                self._seen[name] = Seen(key=key, since=now)
+            elif now - seen.since >= self.settle_interval:
+                settled.append((seen.since, name))
+        return [name for _, name in sorted(settled)]
+
+    def next_deadline(self) -> float | None:
+        if not self._seen:
+            return None
+        return min(seen.since for seen in self._seen.values()) + self.settle_interval
+
+    def forget(self, name: bytes) -> None:
+        self._seen.pop(name, None)
+
+
+def list_inbox(inbox: Path) -> dict[bytes, tuple[int, int, int]]:
+    """Candidate files in the inbox with their (inode, size, mtime_ns); never follows links."""
+    found: dict[bytes, tuple[int, int, int]] = {}
+    with os.scandir(os.fsencode(inbox)) as entries:
+        for entry in entries:
+            if not is_candidate_name(entry.name):
+                continue
+            try:
+                info = entry.stat(follow_symlinks=False)
+            except FileNotFoundError:
+                continue
+            if stat.S_ISREG(info.st_mode):
+                found[entry.name] = (info.st_ino, info.st_size, info.st_mtime_ns)
+    return found
+
+
+class Claimer:
+    """Moves settled files from the inbox into work/JOB/ and writes their job records."""
+
+    def __init__(self, config: Config, stems: StemRegistry, *, now: Callable[[], datetime] = utc_now) -> None:
+        self.inbox = config.folder("inbox")
+        self.work = config.folder("work")
+        self.stems = stems
+        self.now = now
+
+    def claim(self, name: bytes, expected: tuple[int, int, int]) -> Journal | None:
+        """Claim one file; None if it vanished or changed (someone else claimed it, or the
+        writer is not done after all). Blocking: call from a thread."""
+        source = Path(os.fsdecode(os.path.join(os.fsencode(self.inbox), name)))
+        try:
+            info = source.lstat()
+        except FileNotFoundError:
+            return None
+        if (info.st_ino, info.st_size, info.st_mtime_ns) != expected or not stat.S_ISREG(info.st_mode):
+            return None
+        moment = self.now()
+        job_id = new_job_id(moment)
+        display, name_b64 = encode_name(name)
+        stem = self.stems.claim_unique(safe_stem(name))
+        journal = Journal(self.work / job_id)
+        record = JobRecord(
+            job_id=job_id,
+            display_name=display,
+            name_b64=name_b64,
+            stem=stem,
+            source_file="source" + source_suffix(name),
+            claimed_at=isoformat(moment),
+            state="claiming",
+        )
+        # The record goes first: a crash before the rename leaves a claiming record without a
+        # source, which start-up removes; the file is still in the inbox.
+        journal.save(record)
+        try:
+            os.rename(source, journal.folder / record.source_file)
+        except FileNotFoundError:
+            journal.remove()
+            self.stems.release(stem)
+            return None
+        journal.save(JobRecord(**{**record.as_dict(), "state": "claimed"}))
+        return journal
+
+
+def recover_work(work: Path, stems: StemRegistry) -> list[Journal]:
+    """Jobs a previous run left in work/: resumable ones are returned (oldest first), leftovers
+    of interrupted claims are removed."""
+    resumable: list[tuple[str, Journal]] = []
+    for entry in sorted(os.scandir(work), key=lambda e: e.name):
+        if not entry.is_dir(follow_symlinks=False) or entry.name.startswith("."):
+            continue
+        journal = Journal(Path(entry.path))
+        if not (journal.folder / JOB_FILE).is_file():
+            logger.warning("intake.stray_work_folder", folder=entry.path)
+            continue
+        record = journal.load()
+        if record.state == "claiming" and not (journal.folder / record.source_file).exists():
+            journal.remove()
+            continue
+        stems.reserve(record.stem)
+        resumable.append((record.claimed_at, journal))
+    return [journal for _, journal in sorted(resumable, key=lambda item: item[0])]
+
+
+async def serve_intake(
+    config: Config,
+    claimed: trio.MemorySendChannel[Journal],
+    claimer: Claimer,
+    *,
+    watcher: Watcher = watch_with_watchfiles,
+    task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    """Scan, watch and rescan the inbox forever, sending each claimed job down `claimed`.
+
+    Sending blocks until a job worker is free, so files wait in the inbox (not in work/) while
+    the daemon is busy: backpressure, and other daemons sharing the inbox can take them.
+    """
+    inbox = config.folder("inbox")
+    tracker = SettleTracker(config.settle_interval)
+    poke = trio.Event()
+
+    async def serve_watcher(task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        nonlocal poke
+        task_status.started()
+        while True:
+            try:
+                async for _ in watcher(inbox):
+                    poke.set()
+            except Exception as exc:  # noqa: BLE001 - a watcher failure must not stop intake
+                logger.warning("intake.watcher_failed", error=repr(exc), retry_in=WATCHER_RESTART_DELAY)
+            poke.set()  # whatever was missed meanwhile, the rescan finds
+            await trio.sleep(WATCHER_RESTART_DELAY)
+
+    async with claimed, trio.open_nursery() as nursery:
+        # the watcher first, then the scan: nothing that lands in between is missed
+        await nursery.start(serve_watcher)
+        task_status.started()
+        while True:
+            poke = trio.Event()
+            listing = await trio.to_thread.run_sync(list_inbox, inbox)
+            for name in tracker.observe(listing, trio.current_time()):
+                journal = await trio.to_thread.run_sync(claimer.claim, name, listing[name])
+                tracker.forget(name)
+                if journal is None:
+                    continue
+                logger.info("job.claimed", job_id=journal.folder.name, source=encode_name(name)[0])
+                await claimed.send(journal)
+            deadline = trio.current_time() + config.rescan_interval
+            settle = tracker.next_deadline()
+            if settle is not None:
+                deadline = min(deadline, settle)
+            with trio.move_on_at(deadline):
+                await poke.wait()
+

@@ -1,0 +1,114 @@
+"""One job's state on disk, in work/JOB/: enough to resume after a crash without paying twice.
+
+    work/JOB/job.json            who the job is: ids, the original name, the output stem,
+                                 attempts, the piece limits fixed at first planning
+    work/JOB/source.EXT          the claimed recording (renamed here from the inbox)
+    work/JOB/pieces/NNNNNN.json  one finished piece: its span and the engine's segments
+
+A piece is done if and only if its file exists; every file is written atomically and fsynced
+before it counts. Planning is deterministic, so a resumed job re-plans the same pieces and
+sends only those without a file.
+"""
+
+from __future__ import annotations
+
+import base64
+import dataclasses
+import json
+import os
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from transcribed.atomic import atomic_write_json
+from transcribed.engines.base import PieceResult, Segment
+from transcribed.planning import PieceLimits, PieceSpan
+
+JOB_FILE = "job.json"
+PIECES = "pieces"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class JobRecord:
+    """The contents of job.json."""
+
+    job_id: str
+    display_name: str  # the original name, printable (undecodable bytes escaped)
+    name_b64: str  # the original name's exact bytes
+    stem: str  # outputs are OUTBOX/STEM.txt etc.
+    source_file: str  # name of the source inside work/JOB/
+    claimed_at: str
+    attempts: int = 0
+    state: str = "claimed"  # claiming | claimed | published
+    limits: dict[str, float] | None = None
+
+    def as_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def encode_name(name: bytes) -> tuple[str, str]:
+    """(printable display name, base64 of the exact bytes) of a file name."""
+    return name.decode("utf-8", "backslashreplace"), base64.b64encode(name).decode("ascii")
+
+
+class Journal:
+    """Reads and writes one job's folder. Methods do blocking I/O: call them from a thread."""
+
+    def __init__(self, folder: Path) -> None:
+        self.folder = folder
+        self.pieces = folder / PIECES
+
+    def exists(self) -> bool:
+        return (self.folder / JOB_FILE).is_file()
+
+    def load(self) -> JobRecord:
+        data = json.loads((self.folder / JOB_FILE).read_text("utf-8"))
+        fields = {f.name for f in dataclasses.fields(JobRecord)}
+        return JobRecord(**{k: v for k, v in data.items() if k in fields})
+
+    def save(self, record: JobRecord) -> None:
+        self.folder.mkdir(parents=True, exist_ok=True)
+        atomic_write_json(self.folder / JOB_FILE, record.as_dict())
+
+    @property
+    def source(self) -> Path:
+        return self.folder / self.load().source_file
+
+    def fix_limits(self, record: JobRecord, limits: PieceLimits) -> tuple[JobRecord, PieceLimits]:
+        """The limits this job plans with: those of its first planning, kept for resumes."""
+        if record.limits is not None:
+            return record, PieceLimits(**record.limits)
+        record = dataclasses.replace(record, limits=limits.as_dict())
+        self.save(record)
+        return record, limits
+
+    def record_piece(self, span: PieceSpan, result: PieceResult) -> None:
+        self.pieces.mkdir(exist_ok=True)
+        atomic_write_json(
+            self.pieces / f"{span.index:06d}.json",
+            {
+                "span": dataclasses.asdict(span),
+                "segments": [s.as_dict() for s in result.segments],
+                "cost": result.cost,
+            },
+        )
+
+    def done_pieces(self) -> dict[int, tuple[PieceSpan, PieceResult]]:
+        done: dict[int, tuple[PieceSpan, PieceResult]] = {}
+        if not self.pieces.is_dir():
+            return done
+        for entry in os.scandir(self.pieces):
+            if entry.name.startswith(".") or not entry.name.endswith(".json"):
+                continue
+            data = json.loads(Path(entry.path).read_text("utf-8"))
+            span = PieceSpan(**data["span"])
+            result = PieceResult(
+                segments=[Segment.from_dict(s) for s in data["segments"]],
+                cost=float(data.get("cost", 0.0)),
+            )
+            done[span.index] = (span, result)
+        return done
+
+    def remove(self) -> None:
+        shutil.rmtree(self.folder, ignore_errors=True)

@@ -1,0 +1,240 @@
+"""ffprobe and ffmpeg as child processes: probe a file, stream its audio as 16 kHz mono PCM.
+
+Every call on an untrusted file follows the same rules: argv list (never a shell), the input
+given as `file:` + an absolute path the daemon chose, only the `file` protocol, a whitelist of
+demuxers, no stdin, a minimal environment (no API key, no NOTIFY_SOCKET), and a timeout. A
+crash of ffmpeg on a hostile file is a failed child process, never a crashed daemon.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import subprocess
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import structlog
+import trio
+
+from transcribed.errors import JobError, RejectedFileError
+
+logger = structlog.get_logger()
+
+SAMPLE_RATE = 16_000
+# Demuxers a recording may come in. "mov" covers mp4/m4a/3gp, "matroska" covers mkv and webm.
+FORMAT_WHITELIST = "mp3,wav,flac,ogg,mov,matroska,aac,w64,caf,aiff"
+_STDERR_KEEP = 4096
+_READ_SIZE = 1 << 16
+
+
+def child_environment() -> dict[str, str]:
+    """The whole environment a media child process gets: no secrets, no systemd sockets."""
+    return {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "LANG": "C.UTF-8"}
+
+
+def _input_args(path: Path) -> list[str]:
+    if not path.is_absolute():
+        raise ValueError(f"media paths must be absolute, got {path}")
+    return [
+        "-protocol_whitelist",
+        "file",
+        "-format_whitelist",
+        FORMAT_WHITELIST,
+        "-i",
+        f"file:{path}",
+    ]
+
+
+def _clean_stderr(raw: bytes) -> str:
+    """ffmpeg's complaint, made safe to show: printable text only, the last few lines."""
+    text = raw.decode("utf-8", "replace")
+    text = "".join(ch if ch.isprintable() or ch == "\n" else "?" for ch in text)
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    return " | ".join(lines[-3:])[:500]
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ProbeResult:
+    """What ffprobe says about a file. Durations here are claims; only decoding proves them."""
+
+    format_name: str
+    claimed_duration: float | None
+    audio_streams: int
+    audio_codec: str | None
+
+
+async def probe(path: Path, *, timeout: float) -> ProbeResult:
+    """Ask ffprobe what the file is; RejectedFileError if it is not a recording with audio."""
+    command = [
+        "ffprobe",
+        "-hide_banner",
+        "-loglevel",
+        "error",
+        "-print_format",
+        "json",
+        "-show_format",
+        "-show_streams",
+        *_input_args(path),
+    ]
+    try:
+        with trio.fail_after(timeout):
+            result = await trio.run_process(
+                command,
+                capture_stdout=True,
+                capture_stderr=True,
+                check=False,
+                stdin=subprocess.DEVNULL,
+                env=child_environment(),
+            )
+    except trio.TooSlowError:
+        raise RejectedFileError(
+            f"ffprobe did not finish reading the file within {timeout:g} s",
+            hint="the file may be damaged or hostile; convert it to a common format and drop it again",
+            code="probe_timeout",
+        ) from None
+    if result.returncode != 0:
+        detail = _clean_stderr(result.stderr)
+        raise RejectedFileError(
+            "this is not a recording ffmpeg can read" + (f" ({detail})" if detail else ""),
+            hint="drop an audio or video file (mp3, wav, flac, m4a, ogg/opus, mp4, mkv, webm)",
+            code="not_media",
+        )
+    try:
+        info = json.loads(result.stdout or b"{}")
+    except json.JSONDecodeError:
+        raise RejectedFileError("ffprobe's answer about this file was unreadable", code="not_media") from None
+    streams = [s for s in info.get("streams", []) if s.get("codec_type") == "audio"]
+    fmt = info.get("format", {})
+    claimed: float | None
+    try:
+        claimed = float(fmt["duration"])
+        if not math.isfinite(claimed):
+            claimed = None
+    except (KeyError, TypeError, ValueError):
+        claimed = None
+    if not streams:
+        raise RejectedFileError(
+            "the file has no audio track",
+            hint="check that the recording captured sound; export it again with its audio",
+            code="no_audio",
+        )
+    return ProbeResult(
+        format_name=str(fmt.get("format_name", "")),
+        claimed_duration=claimed,
+        audio_streams=len(streams),
+        audio_codec=streams[0].get("codec_name"),
+    )
+
+
+class DecodeError(JobError):
+    """ffmpeg stopped with an error while decoding; `samples` says how far it got."""
+
+    def __init__(self, reason: str, *, samples: int) -> None:
+        super().__init__(reason)
+        self.samples = samples
+
+
+@asynccontextmanager
+async def open_pcm_stream(
+    path: Path, *, max_seconds: float, stall_timeout: float
+) -> AsyncIterator[AsyncIterator[np.ndarray]]:
+    """Decode the first audio track to 16 kHz mono int16, yielded as arrays as ffmpeg makes them.
+
+    The decoder stops on its own after `max_seconds` of audio (one more second is decoded so the
+    caller can tell "exactly at the limit" from "over it"). When the iteration ends normally
+    ffmpeg's exit status is checked and DecodeError raised on failure; leaving the block early
+    kills the child.
+    """
+    command = [
+        "ffmpeg",
+        "-nostdin",
+        "-hide_banner",
+        "-loglevel",
+        "error",
+        "-threads",
+        "1",
+        *_input_args(path),
+        "-map",
+        "0:a:0",
+        "-vn",
+        "-sn",
+        "-dn",
+        "-ac",
+        "1",
+        "-ar",
+        str(SAMPLE_RATE),
+        "-t",
+        f"{max_seconds + 1:.3f}",
+        "-f",
+        "s16le",
+        "-acodec",
+        "pcm_s16le",
+        "pipe:1",
+    ]
+    process = await trio.lowlevel.open_process(
+        command,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env=child_environment(),
+    )
+    assert process.stdout is not None and process.stderr is not None
+    stderr_tail = bytearray()
+
+    async def drain_stderr() -> None:
+        assert process.stderr is not None
+        async for chunk in process.stderr:
+            stderr_tail.extend(chunk)
+            del stderr_tail[:-_STDERR_KEEP]
+
+    async def chunks() -> AsyncIterator[np.ndarray]:
+        assert process.stdout is not None
+        carry = b""
+        samples = 0
+        while True:
+            with trio.move_on_after(stall_timeout) as stall:
+                data = await process.stdout.receive_some(_READ_SIZE)
+            if stall.cancelled_caught:
+                raise JobError(
+                    f"the decoder produced no audio for {stall_timeout:g} s",
+                    hint="the file may be damaged; convert it to a common format and drop it again",
+                )
+            if not data:
+                break
+            data = carry + data
+            usable = len(data) - (len(data) % 2)
+            carry = data[usable:]
+            if usable:
+                block = np.frombuffer(data[:usable], dtype="<i2").astype(np.int16)
+                samples += len(block)
+                yield block
+        with trio.move_on_after(stall_timeout):
+            await process.wait()
+        if process.returncode is None:
+            process.kill()
+            await process.wait()
+        if process.returncode != 0:
+            detail = _clean_stderr(bytes(stderr_tail))
+            raise DecodeError(
+                "ffmpeg could not decode the audio" + (f": {detail}" if detail else ""),
+                samples=samples,
+            )
+
+    try:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(drain_stderr)
+            try:
+                yield chunks()
+            finally:
+                if process.returncode is None:
+                    process.kill()
+                with trio.move_on_after(5, shield=True):
+                    await process.wait()
+    finally:
+        if process.returncode is None:
+            process.kill()

@@ -15,7 +15,9 @@ import json
 import os
 import shutil
 import signal
+from functools import partial
 from collections.abc import Callable
+from contextlib import AbstractAsyncContextManager
 from datetime import datetime
 from pathlib import Path
 
@@ -24,7 +26,7 @@ import trio
 
 from transcribed.atomic import atomic_write_json, remove_stale_temps
 from transcribed.config import Config
-from transcribed.engines import open_engine
+from transcribed.engines import Engine, open_engine
 from transcribed.errors import ConfigError, RejectedFileError, TranscribedError
 from transcribed.gate import Gate
 from transcribed.intake import Claimer, StemRegistry, Watcher, recover_work, serve_intake, watch_with_watchfiles
@@ -34,6 +36,8 @@ from transcribed.progress import ProgressBoard, isoformat, utc_now
 from transcribed.systemd import Notifier
 
 logger = structlog.get_logger()
+
+EngineFactory = Callable[[Config], AbstractAsyncContextManager[Engine]]
 
 
 def prepare_folders(config: Config) -> None:
@@ -195,17 +199,19 @@ async def run_daemon(
     notifier: Notifier | None = None,
     install_signal_handlers: bool = True,
     shutdown: trio.Event | None = None,
+    engine_factory: EngineFactory = open_engine,
+    task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Run until SIGTERM/SIGINT (or `shutdown` is set): drain, journal, return."""
     notifier = notifier or Notifier()
-    shutdown = shutdown or trio.Event()
+    shutdown = trio.Event() if shutdown is None else shutdown
     prepare_folders(config)
     folders = config.folders
     stems = StemRegistry(folders["outbox"])
     resumable = await trio.to_thread.run_sync(recover_work, folders["work"], stems)
     board = ProgressBoard(folders["outbox"], now=now)
 
-    async with open_engine(config) as engine:
+    async with engine_factory(config) as engine:
         services = Services(config=config, engine=engine, gate=Gate(max_concurrent=engine.capacity), board=board)
         daemon = Daemon(config, services, stems)
         claimer = Claimer(config, stems, now=now)
@@ -222,9 +228,10 @@ async def run_daemon(
                         workers.start_soon(daemon.serve_job_worker, receive.clone())
                 async with send, trio.open_nursery() as intake:
                     intake.start_soon(_feed, send.clone(), resumable)
-                    await intake.start(serve_intake, config, send.clone(), claimer, watcher=watcher)
+                    await intake.start(partial(serve_intake, watcher=watcher), config, send.clone(), claimer)
                     logger.info("daemon.ready", root=str(config.root), engine=engine.name, resumed=len(resumable), inbox=str(folders["inbox"]))
                     notifier.ready(f"watching {folders['inbox']}")
+                    task_status.started()
                     await shutdown.wait()
                     logger.info("daemon.stopping", drain_timeout=config.drain_timeout)
                     notifier.stopping("draining running jobs")

@@ -83,10 +83,12 @@ class NoiseFloor:
 
     def pause_threshold(self) -> float:
         """Frames quieter than this are pause: a margin above the floor that grows with the
-        recording's dynamic range (speech level minus floor), never less than 6 dB."""
-        floor = self.percentile(0.10)
+        recording's dynamic range (speech level minus floor), never less than 6 dB, and always
+        at least 10 dB below the speech level (in unbroken speech the low percentile is speech
+        too, and its dips are not pauses)."""
+        floor = self.percentile(0.05)
         speech = self.percentile(0.90)
-        return floor + max(6.0, 0.35 * (speech - floor))
+        return min(floor + max(6.0, 0.35 * (speech - floor)), speech - 10.0)
 
 
 class PiecePlanner:

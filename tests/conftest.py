@@ -1,0 +1,124 @@
+"""Shared fixtures: real audio files made by real ffmpeg, a fake engine, daemon configs."""
+
+from __future__ import annotations
+
+import importlib.util
+import subprocess
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+import numpy as np
+import pytest
+import trio
+
+from transcribed.config import Config, load_config
+from transcribed.engines.base import PieceResult, Segment
+from transcribed.errors import PermanentError, RetryableError
+from transcribed.planning import SAMPLE_RATE, PieceLimits
+
+
+def asset(name: str) -> Path:
+    """A recording shipped in the moonshine-voice wheel (real speech), found without importing it."""
+    spec = importlib.util.find_spec("moonshine_voice")
+    assert spec is not None and spec.submodule_search_locations
+    return Path(next(iter(spec.submodule_search_locations))) / "assets" / name
+
+
+BECKETT = asset("beckett.wav")  # "Ever tried. Ever failed. No matter. Try again. Fail again. Fail better."
+TWO_CITIES = asset("two_cities.wav")
+
+# ffmpeg output options for each container/codec a user may drop
+FORMATS: dict[str, list[str]] = {
+    "mp3": ["-c:a", "libmp3lame", "-b:a", "64k"],
+    "wav": ["-c:a", "pcm_s16le"],
+    "flac": ["-c:a", "flac"],
+    "m4a": ["-c:a", "aac", "-b:a", "64k"],
+    "ogg": ["-c:a", "libvorbis"],
+    "opus": ["-c:a", "libopus", "-b:a", "32k"],
+}
+VIDEO_FORMATS: dict[str, list[str]] = {
+    "mp4": ["-c:v", "libx264", "-preset", "ultrafast", "-c:a", "aac", "-shortest"],
+    "mkv": ["-c:v", "libx264", "-preset", "ultrafast", "-c:a", "libopus", "-shortest"],
+    "webm": ["-c:v", "libvpx", "-deadline", "realtime", "-c:a", "libopus", "-shortest"],
+}
+
+
+def ffmpeg(*args: str) -> None:
+    subprocess.run(["ffmpeg", "-nostdin", "-hide_banner", "-loglevel", "error", "-y", *args], check=True)
+
+
+def make_media(target: Path, source: Path = BECKETT) -> Path:
+    """Encode real speech into the container/codec named by the target's suffix."""
+    kind = target.suffix.lstrip(".")
+    if kind in VIDEO_FORMATS:
+        ffmpeg("-f", "lavfi", "-i", "color=c=blue:s=64x48:r=5", "-i", str(source), "-map", "0:v", "-map", "1:a", *VIDEO_FORMATS[kind], str(target))
+    else:
+        ffmpeg("-i", str(source), *FORMATS[kind], str(target))
+    return target
+
+
+@pytest.fixture
+def media(tmp_path: Path) -> Callable[..., Path]:
+    folder = tmp_path / "media"
+    folder.mkdir(exist_ok=True)
+
+    def build(name: str, source: Path = BECKETT) -> Path:
+        return make_media(folder / name, source)
+
+    return build
+
+
+class FakeEngine:
+    """A deterministic stand-in for a real engine: one segment per piece, describing it.
+
+    `fail` maps a call number (1-based) to an exception raised instead of answering.
+    """
+
+    name = "fake"
+    model = "fake-1"
+
+    def __init__(self, *, capacity: int = 2, limits: PieceLimits | None = None) -> None:
+        self.capacity = capacity
+        self.limits = limits or PieceLimits(target_seconds=6, max_seconds=10)
+        self.calls = 0
+        self.pieces_seen: list[int] = []
+        self.fail: dict[int, Exception] = {}
+        self.delay = 0.0
+        self.hang_after: int | None = None  # calls after this one never answer
+
+    async def transcribe(self, audio: np.ndarray) -> PieceResult:
+        self.calls += 1
+        call = self.calls
+        if self.delay:
+            await trio.sleep(self.delay)
+        if self.hang_after is not None and call > self.hang_after:
+            await trio.sleep_forever()
+        if call in self.fail:
+            raise self.fail[call]
+        seconds = len(audio) / SAMPLE_RATE
+        self.pieces_seen.append(len(audio))
+        loud = float(np.sqrt(np.mean(audio.astype(np.float64) ** 2)))
+        return PieceResult(segments=[Segment(start=0.0, end=seconds, text=f"piece of {len(audio)} samples rms {loud:.0f}")])
+
+
+@pytest.fixture
+def fake_engine() -> FakeEngine:
+    return FakeEngine()
+
+
+def factory_for(engine: object) -> Callable[[Config], object]:
+    @asynccontextmanager
+    async def factory(_: Config) -> AsyncIterator[object]:
+        yield engine
+
+    return factory
+
+
+def make_config(root: Path, **flags: object) -> Config:
+    base: dict[str, object] = {"root": str(root), "settle_interval": "0.1", "rescan_interval": "0.5", "log_level": "warning"}
+    base.update({k: str(v) for k, v in flags.items()})
+    return load_config(environ={}, flags=base)
+
+
+__all__ = ["BECKETT", "TWO_CITIES", "FakeEngine", "PermanentError", "RetryableError", "factory_for", "make_config", "make_media"]

@@ -119,6 +119,7 @@ class Daemon:
         record = JobRecord(**{**record.as_dict(), "attempts": record.attempts + 1})
         await trio.to_thread.run_sync(journal.save, record)
         failure: Exception | None = None
+        finished = False
         try:
             if record.attempts > self.config.max_attempts:
                 raise RejectedFileError(
@@ -134,8 +135,13 @@ class Daemon:
                 output_dir=self.folders["outbox"],
                 source=source,
             )
+            finished = True
         except* Exception as group:
             failure = _primary_error(_leaves(group))
+            finished = True
+        finally:
+            if not finished:  # cancelled: stopped by a signal; the job stays in work/
+                board.update(progress, state="waiting", waiting_reason="daemon stopped; resumes at its next start")
         seconds = round(trio.current_time() - started, 2)
         if failure is not None:
             await self._fail(journal, record, progress, failure, seconds)

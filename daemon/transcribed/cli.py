@@ -84,6 +84,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"transcribed: configuration error: {exc}", file=sys.stderr)
         return EXIT_CONFIG
     configure_logging(log_format=config.log_format, level=config.log_level)
+    error: TranscribedError | None = None
+    return_code = EXIT_FAILED
     try:
         if args.command == "run":
             trio.run(run_daemon, config)
@@ -92,11 +94,25 @@ def main(argv: list[str] | None = None) -> int:
             failures = trio.run(transcribe_files, config, args.files, args.out)
             return EXIT_FAILED if failures else 0
         return show_status(config, as_json=args.json)
-    except ConfigError as exc:
-        print(f"transcribed: configuration error: {exc}", file=sys.stderr)
+    except* TranscribedError as group:
+        error = _first_leaf(group)
+    except* KeyboardInterrupt:
+        return_code = 130
+    if error is None:
+        return return_code
+    if isinstance(error, ConfigError):
+        print(f"transcribed: configuration error: {error}", file=sys.stderr)
         return EXIT_CONFIG
-    except KeyboardInterrupt:
-        return 130
+    print(f"transcribed: {error}", file=sys.stderr)
+    return EXIT_FAILED
+
+
+def _first_leaf(group: BaseExceptionGroup[TranscribedError]) -> TranscribedError:
+    error: BaseException = group
+    while isinstance(error, BaseExceptionGroup):
+        error = error.exceptions[0]
+    assert isinstance(error, TranscribedError)
+    return error
 
 
 def show_status(config: Config, *, as_json: bool) -> int:
@@ -167,9 +183,7 @@ async def _transcribe_one(services: Services, path: Path, out: Path) -> bool:
         try:
             outcome = await run_job(services, journal, record, progress, output_dir=out, source=path)
         except* TranscribedError as group:
-            failure = group.exceptions[0]
-            while isinstance(failure, BaseExceptionGroup):
-                failure = failure.exceptions[0]
+            failure = _first_leaf(group)
     if failure is not None:
         services.board.update(progress, state="failed", last_error=str(failure))
         print(f"transcribed: {display}: {failure}", file=sys.stderr)

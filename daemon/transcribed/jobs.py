@@ -114,12 +114,11 @@ async def run_job(
     async def transcribe_piece(piece: Piece) -> None:
         try:
             board.update(progress, pieces_in_flight=progress.pieces_in_flight + 1)
-            result = await _transcribe_with_retries(services, piece, progress, log)
-            board.update(progress, pieces_in_flight=progress.pieces_in_flight - 1)
+            try:
+                result = await _transcribe_with_retries(services, piece, progress, log)
+            finally:
+                board.update(progress, pieces_in_flight=progress.pieces_in_flight - 1)
             await finish_piece(piece.span, result)
-        except BaseException:
-            board.update(progress, pieces_in_flight=progress.pieces_in_flight - 1)
-            raise
         finally:
             lookahead.release()
 

@@ -19,7 +19,7 @@ A recording is built by placing utterances in a seeded random order over a const
 floor (pink + brown noise and a 50 Hz hum with harmonics, about -45 dBFS RMS); speech is
 normalised to about -20 dBFS (active level). Pauses are mostly 0.3-4 s, sometimes 4-15 s;
 sometimes several utterances follow each other with 0.08-0.25 s gaps, and now and then such a
-run is long (15-25 utterances, ~1 minute with no pause the daemon would call a pause), so that
+run is long (12-20 utterances, ~1 minute with no pause the daemon would call a pause), so that
 stretches of speech run past the embedded engine's maximum piece length.
 
 The audio is rendered block by block and streamed to disk (a .wav via the wave module, any other
@@ -204,13 +204,13 @@ def plan_layout(seconds: float, seed: int = 1) -> list[Placement]:
             gap = rng.uniform(0.08, 0.25)
         else:
             r = rng.random()
-            if r < 0.03:  # a long stretch of speech with no real pause (~1 min)
-                run_left = rng.randint(15, 25)
+            if r < 0.01:  # a long stretch of speech with no real pause (~1 min)
+                run_left = rng.randint(12, 20)
                 gap = rng.uniform(0.08, 0.25)
-            elif r < 0.20:  # a few utterances back to back
-                run_left = rng.randint(1, 5)
+            elif r < 0.11:  # a few utterances back to back
+                run_left = rng.randint(1, 4)
                 gap = rng.uniform(0.08, 0.25)
-            elif r < 0.30:  # a long silence
+            elif r < 0.20:  # a long silence
                 gap = rng.uniform(4.0, 15.0)
             else:
                 gap = rng.uniform(0.3, 4.0)
@@ -367,7 +367,9 @@ def _verify() -> int:
     refs = [c.text for c in clips()]
     for clip, hyp in zip(clips(), hyps, strict=True):
         w = wer([clip.text], [hyp])
-        flag = "" if w <= 0.34 else "  <-- check"
+        errors = round(w * len(clip.text.split()))
+        # one word wrong is the engine's doing; more would point at a bad boundary
+        flag = "" if errors <= 1 else "  <-- check"
         bad += bool(flag)
         print(f"  {clip.source:10s} {clip.index:2d} WER {100 * w:5.1f}%  {hyp!r}{flag}")
     print(f"\nall utterances: WER {100 * wer(refs, hyps):.1f}%   suspicious: {bad}")

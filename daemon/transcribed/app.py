@@ -11,6 +11,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import shutil
@@ -26,13 +27,13 @@ import trio
 
 from transcribed.atomic import atomic_write_json, remove_stale_temps
 from transcribed.config import Config
-from transcribed.engines import Engine, open_engine
-from transcribed.errors import ConfigError, RejectedFileError, TranscribedError
-from transcribed.gate import Gate
+from transcribed.engines import Engine, gate_for, open_engine
+from transcribed.errors import ConfigError, JobInterrupted, RejectedFileError, TranscribedError
+from transcribed.failpoints import failpoint
 from transcribed.intake import Claimer, StemRegistry, Watcher, recover_work, serve_intake, watch_with_watchfiles
 from transcribed.jobs import Services, job_summary, new_progress, run_job
 from transcribed.journal import JobRecord, Journal
-from transcribed.progress import ProgressBoard, isoformat, utc_now
+from transcribed.progress import JobProgress, ProgressBoard, isoformat, utc_now
 from transcribed.systemd import Notifier
 
 logger = structlog.get_logger()
@@ -59,18 +60,20 @@ def prepare_folders(config: Config) -> None:
         remove_stale_temps(folders[name])
 
 
-def _move_unique(source: Path, folder: Path, stem: str, suffix: str) -> Path:
+def _unique_path(folder: Path, stem: str, suffix: str) -> Path:
+    """FOLDER/STEM.SUFFIX, or STEM-2.SUFFIX etc. if that is taken: never overwrite."""
     target = folder / f"{stem}{suffix}"
     number = 1
     while target.exists():
         number += 1
         target = folder / f"{stem}-{number}{suffix}"
-    shutil.move(source, target)
     return target
 
 
 def _primary_error(errors: list[Exception]) -> Exception:
-    """The error that best explains a failed job: the file's fault first, then the engine's."""
+    """The error that best explains a failed job: the file's fault first, then the engine's;
+    an interruption only when nothing else went wrong."""
+    errors = [e for e in errors if not isinstance(e, JobInterrupted)] or errors
     for kind in (RejectedFileError, TranscribedError):
         for error in errors:
             if isinstance(error, kind):
@@ -103,21 +106,23 @@ class Daemon:
                 await self.process_job(journal)
 
     async def process_job(self, journal: Journal) -> None:
-        """The job boundary: run one job and record its outcome; only Cancelled escapes."""
+        """The job boundary: run one job and record its outcome; only Cancelled escapes.
+
+        The outcome is made durable in job.json (state `published` or `failed`) before anything
+        is moved, so a crash at any point afterwards is finished by the next start.
+        """
         record = await trio.to_thread.run_sync(journal.load)
-        log = logger.bind(job_id=record.job_id)
-        board = self.services.board
         progress = new_progress(self.services, record)
-        started = trio.current_time()
-        source = journal.folder / record.source_file
-        if record.state == "published":
-            await trio.to_thread.run_sync(self._dispose_source, record, source)
-            board.update(progress, state="done")
-            await trio.to_thread.run_sync(journal.remove)
-            self.stems.release(record.stem)
+        if record.state in ("published", "failed"):
+            await self._conclude(journal, record, progress)
             return
-        record = JobRecord(**{**record.as_dict(), "attempts": record.attempts + 1})
+        # Counted before any risky step, so a file that kills the daemon every time it is
+        # tried cannot crash-loop the service (poison); a graceful stop gives the attempt back.
+        record = dataclasses.replace(record, attempts=record.attempts + 1)
         await trio.to_thread.run_sync(journal.save, record)
+        failpoint("job.started")
+        log = logger.bind(job_id=record.job_id)
+        started = trio.current_time()
         failure: Exception | None = None
         finished = False
         try:
@@ -133,38 +138,35 @@ class Daemon:
                 record,
                 progress,
                 output_dir=self.folders["outbox"],
-                source=source,
+                source=journal.folder / record.source_file,
             )
             finished = True
         except* Exception as group:
             failure = _primary_error(_leaves(group))
             finished = True
         finally:
-            if not finished:  # cancelled: stopped by a signal; the job stays in work/
-                board.update(progress, state="waiting", waiting_reason="daemon stopped; resumes at its next start")
+            if not finished or isinstance(failure, JobInterrupted):
+                # stopped by a signal: the job stays in work/ and resumes at the next start
+                self.services.board.update(
+                    progress, state="waiting", waiting_reason="daemon stopped; resumes at its next start"
+                )
         seconds = round(trio.current_time() - started, 2)
+        if isinstance(failure, JobInterrupted):
+            record = dataclasses.replace(record, attempts=record.attempts - 1)
+            await trio.to_thread.run_sync(journal.save, record)
+            log.info("job.interrupted", seconds=seconds, pieces_done=progress.pieces_done, source=record.display_name)
+            return
         if failure is not None:
-            await self._fail(journal, record, progress, failure, seconds)
-            return
-        record = JobRecord(**{**record.as_dict(), "state": "published"})
-        await trio.to_thread.run_sync(journal.save, record)
-        await trio.to_thread.run_sync(self._dispose_source, record, source)
-        board.update(progress, state="done", outputs=[p.name for p in outcome.outputs])
-        await trio.to_thread.run_sync(journal.remove)
-        self.stems.release(record.stem)
-        log.info("job.finished", outcome="done", seconds=seconds, **job_summary(record, outcome))
-
-    def _dispose_source(self, record: JobRecord, source: Path) -> None:
-        if not source.exists():
-            return
-        if self.config.after_success == "delete":
-            source.unlink()
+            record = dataclasses.replace(record, state="failed", error=self._explain(record, failure, seconds))
         else:
-            _move_unique(source, self.folders["done"], record.stem, Path(record.source_file).suffix)
+            record = dataclasses.replace(record, state="published", outputs=[p.name for p in outcome.outputs])
+            log.info("job.finished", outcome="done", seconds=seconds, **job_summary(record, outcome))
+        await trio.to_thread.run_sync(journal.save, record)
+        failpoint("job.concluded")
+        await self._conclude(journal, record, progress)
 
-    async def _fail(
-        self, journal: Journal, record: JobRecord, progress: object, error: Exception, seconds: float
-    ) -> None:
+    def _explain(self, record: JobRecord, error: Exception, seconds: float) -> dict[str, str]:
+        """The failure in words for NAME.error.json, logged once as job.finished."""
         log = logger.bind(job_id=record.job_id)
         if isinstance(error, TranscribedError):
             reason, hint, code = error.reason, error.hint, error.code
@@ -173,27 +175,47 @@ class Daemon:
             reason = f"internal error: {type(error).__name__}: {error}"
             hint, code = "this is a bug in transcribed; please report it with the log", "internal"
             log.error("job.finished", outcome="failed", error=code, seconds=seconds, source=record.display_name, exc_info=error)
+        return {"error": code, "reason": reason, "what_to_do": hint}
 
-        def move_and_explain() -> Path | None:
-            source = journal.folder / record.source_file
-            moved = None
-            if source.exists():
-                moved = _move_unique(source, self.folders["failed"], record.stem, Path(record.source_file).suffix)
-            explanation = {
-                "source": record.display_name,
-                "job_id": record.job_id,
-                "error": code,
-                "reason": reason,
-                "what_to_do": hint,
-                "moved_to": str(moved) if moved else None,
-                "failed_at": isoformat(self.services.board.now()),
-            }
-            atomic_write_json(self.folders["failed"] / f"{record.stem}.error.json", explanation)
-            journal.remove()
-            return moved
+    async def _conclude(self, journal: Journal, record: JobRecord, progress: JobProgress) -> None:
+        """Finish a published or failed job: explain a failure, move the source, publish the
+        final progress, remove the job folder. Every step may be repeated after a crash."""
+        board = self.services.board
+        failed = record.state == "failed"
+        source = journal.folder / record.source_file
+        suffix = Path(record.source_file).suffix
 
-        await trio.to_thread.run_sync(move_and_explain)
-        self.services.board.update(progress, state="failed", last_error=reason)  # type: ignore[arg-type]
+        def dispose() -> None:
+            present = source.exists()
+            target = _unique_path(self.folders["failed" if failed else "done"], record.stem, suffix)
+            explanation_path = self.folders["failed"] / f"{record.stem}.error.json"
+            # after a crash the explanation may already be there, naming where the source went
+            if failed and (present or not explanation_path.exists()):
+                explanation = {
+                    "source": record.display_name,
+                    "job_id": record.job_id,
+                    **(record.error or {}),
+                    "moved_to": str(target) if present else None,
+                    "failed_at": isoformat(board.now()),
+                }
+                atomic_write_json(explanation_path, explanation)
+            if not present:
+                return
+            if not failed and self.config.after_success == "delete":
+                source.unlink()
+            else:
+                shutil.move(source, target)
+
+        await trio.to_thread.run_sync(dispose)
+        failpoint("job.source_disposed")
+        if failed:
+            board.update(progress, state="failed", last_error=(record.error or {}).get("reason"))
+        else:
+            board.update(progress, state="done", outputs=record.outputs)
+        # The final progress is on disk before the job folder goes: after that, nothing would
+        # ever correct a stale "transcribing".
+        await board.wait_written(progress)
+        await trio.to_thread.run_sync(journal.remove)
         self.stems.release(record.stem)
 
 
@@ -218,7 +240,7 @@ async def run_daemon(
     board = ProgressBoard(folders["outbox"], now=now)
 
     async with engine_factory(config) as engine:
-        services = Services(config=config, engine=engine, gate=Gate(max_concurrent=engine.capacity), board=board)
+        services = Services(config=config, engine=engine, gate=gate_for(config, engine), board=board)
         daemon = Daemon(config, services, stems)
         claimer = Claimer(config, stems, now=now)
         async with trio.open_nursery() as root:
@@ -239,8 +261,9 @@ async def run_daemon(
                     notifier.ready(f"watching {folders['inbox']}")
                     task_status.started()
                     await shutdown.wait()
+                    services.draining.set()
                     logger.info("daemon.stopping", drain_timeout=config.drain_timeout)
-                    notifier.stopping("draining running jobs")
+                    notifier.stopping("draining running jobs", extend_timeout=config.drain_timeout + 30)
                     intake.cancel_scope.cancel()
                 workers.cancel_scope.deadline = trio.current_time() + config.drain_timeout
             root.cancel_scope.cancel()

@@ -13,6 +13,8 @@ import secrets
 from pathlib import Path
 from typing import Any
 
+from transcribed.failpoints import failpoint
+
 TEMP_MARKER = ".tmp-"
 
 
@@ -34,6 +36,8 @@ def atomic_write_bytes(path: Path, data: bytes, *, durable: bool = True) -> None
             if durable:
                 handle.flush()
                 os.fsync(handle.fileno())
+        if durable:
+            failpoint("atomic.rename")
         os.replace(temp, path)
     except BaseException:
         temp.unlink(missing_ok=True)

@@ -23,9 +23,8 @@ import trio
 
 from transcribed.app import read_progress_files, run_daemon
 from transcribed.config import Config, key_specs, load_config
-from transcribed.engines import open_engine
+from transcribed.engines import gate_for, open_engine
 from transcribed.errors import ConfigError, TranscribedError
-from transcribed.gate import Gate
 from transcribed.intake import StemRegistry, new_job_id, safe_stem
 from transcribed.jobs import Services, job_summary, new_progress, run_job
 from transcribed.journal import JobRecord, Journal, encode_name
@@ -144,7 +143,7 @@ async def transcribe_files(config: Config, files: list[Path], out: Path | None) 
     board = ProgressBoard(None)
     failures = 0
     async with open_engine(config) as engine:
-        services = Services(config=config, engine=engine, gate=Gate(max_concurrent=engine.capacity), board=board)
+        services = Services(config=config, engine=engine, gate=gate_for(config, engine), board=board)
         limiter = trio.CapacityLimiter(config.job_workers)
 
         async def one(path: Path) -> None:

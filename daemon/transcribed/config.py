@@ -22,6 +22,7 @@ from typing import Any
 from transcribed.errors import ConfigError
 
 ENV_PREFIX = "TRANSCRIBED_"
+FAILPOINT_ENV = "TRANSCRIBED_FAILPOINT"  # a test hook (failpoints.py), not configuration
 
 
 def _key(help_text: str, default: Any, **bounds: Any) -> Any:
@@ -51,6 +52,81 @@ class EmbeddedConfig:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class OpenAIConfig:
+    """The OpenAI-compatible HTTP engine (OpenAI itself, speaches, vLLM, LocalAI, whisper.cpp).
+
+    The API key is not a key here: it comes from OPENAI_API_KEY, the systemd credential
+    `openai_api_key`, or `api_key_file`, and never from this file.
+    """
+
+    base_url: str = _key("the API's base URL; POST {base_url}/audio/transcriptions", "https://api.openai.com/v1")
+    model: str = _key("the transcription model (whisper-1, gpt-4o-transcribe, gpt-4o-mini-transcribe...)", "whisper-1")
+    api_key_file: Path | None = _key(
+        "a file holding the API key, read when neither OPENAI_API_KEY nor a systemd credential is set",
+        None,
+    )
+    language: str | None = _key("the language spoken, ISO-639-1 (en, de...); default: detected", None)
+    prompt: str | None = _key(
+        "a glossary for the model: names and terms of the body holding the hearing", None
+    )
+    response_format: str = _key(
+        "verbose_json (timed segments), json (text only), or auto: json for gpt-4o models, else verbose_json",
+        "auto",
+        choices=("auto", "verbose_json", "json"),
+    )
+    word_timestamps: bool = _key(
+        "also ask whisper-1 for word times (tighter segment bounds, a little slower)", False
+    )
+    upload_format: str = _key(
+        "how pieces are encoded for upload", "mp3", choices=("mp3", "flac", "wav")
+    )
+    upload_bitrate: int = _key("kbit/s of mp3 uploads (16 kHz mono)", 32, min=16, max=128)
+    max_upload_bytes: int = _key(
+        "the server's request body limit (OpenAI: 26214400)", 26_214_400, min=1_000_000
+    )
+    piece_target_seconds: float | None = _key(
+        "aim for pieces of about this length; default: by model (120 s whisper-1, 30 s gpt-4o)",
+        None,
+        min=5.0,
+        max=1380.0,
+    )
+    piece_max_seconds: float | None = _key(
+        "never send a piece longer than this; default: by model (180 s whisper-1, 60 s gpt-4o)",
+        None,
+        min=10.0,
+        max=1380.0,
+    )
+    max_concurrent_requests: int = _key("requests in flight at once, all jobs together", 16, min=1, max=256)
+    requests_per_minute: float = _key(
+        "requests started per minute, all jobs together (your account's RPM limit)", 500.0, min=1.0
+    )
+    connect_timeout: float = _key("seconds to open a connection", 10.0, min=0.1)
+    request_timeout: float = _key(
+        "seconds one attempt may take: upload, transcription and answer", 300.0, min=1.0
+    )
+    max_attempts: int = _key("attempts per piece before its job fails", 8, min=1, max=100)
+    retry_delay: float = _key("first wait before a retry; doubles each time (with jitter)", 1.0, min=0.0)
+    retry_max_delay: float = _key("the wait before a retry never grows past this", 30.0, min=0.0)
+    retry_timeout: float = _key(
+        "give up on a piece (and fail its job) after retrying it this long", 900.0, min=1.0
+    )
+    quota_retry_interval: float = _key(
+        "when the account's quota is exhausted, jobs wait and try again after this long",
+        900.0,
+        min=1.0,
+    )
+    price_per_minute: float | None = _key(
+        "US dollars per audio minute; default: by model (whisper-1 0.006, gpt-4o-transcribe 0.006, "
+        "gpt-4o-mini-transcribe 0.003, other models 0)",
+        None,
+        min=0.0,
+    )
+    max_cost_per_file: float = _key(
+        "refuse a recording whose estimated cost is above this many US dollars", 5.0, min=0.0
+    )
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class Config:
     """Everything the daemon needs to know; built once at start-up."""
 
@@ -60,7 +136,7 @@ class Config:
     work: Path | None = _key("claimed jobs and their journals (default: ROOT/work)", None)
     done: Path | None = _key("sources after success (default: ROOT/done)", None)
     failed: Path | None = _key("rejected sources and NAME.error.json (default: ROOT/failed)", None)
-    engine: str = _key("which engine transcribes", "embedded", choices=("embedded",))
+    engine: str = _key("which engine transcribes", "embedded", choices=("embedded", "openai"))
     after_success: str = _key(
         "what to do with a source once its transcript is written",
         "move",
@@ -101,6 +177,7 @@ class Config:
         "lowest level logged", "info", choices=("debug", "info", "warning", "error")
     )
     embedded: EmbeddedConfig = field(default_factory=EmbeddedConfig)
+    openai: OpenAIConfig = field(default_factory=OpenAIConfig)
 
     def folder(self, name: str) -> Path:
         """The absolute path of one of inbox/outbox/work/done/failed."""
@@ -112,7 +189,7 @@ class Config:
         return {name: self.folder(name) for name in ("inbox", "outbox", "work", "done", "failed")}
 
 
-SECTIONS: dict[str, type[Any]] = {"embedded": EmbeddedConfig}
+SECTIONS: dict[str, type[Any]] = {"embedded": EmbeddedConfig, "openai": OpenAIConfig}
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -271,7 +348,7 @@ def load_config(
         except tomllib.TOMLDecodeError as exc:
             raise ConfigError(f"config file {path} is not valid TOML: {exc}") from None
 
-    known_env = {spec.env for spec in specs.values()}
+    known_env = {spec.env for spec in specs.values()} | {FAILPOINT_ENV}
     for name in environ:
         if name.startswith(ENV_PREFIX) and name not in known_env:
             raise ConfigError(
@@ -305,6 +382,16 @@ def _validated(config: Config) -> Config:
     if embedded.piece_target_seconds > embedded.piece_max_seconds:
         raise ConfigError(
             "embedded.piece_target_seconds is longer than embedded.piece_max_seconds",
+            hint="make the target at most the maximum",
+        )
+    openai = config.openai
+    if (
+        openai.piece_target_seconds is not None
+        and openai.piece_max_seconds is not None
+        and openai.piece_target_seconds > openai.piece_max_seconds
+    ):
+        raise ConfigError(
+            "openai.piece_target_seconds is longer than openai.piece_max_seconds",
             hint="make the target at most the maximum",
         )
     if config.min_audio_seconds >= config.max_audio_seconds:

@@ -5,9 +5,12 @@
      ├── RejectedFileError      this file cannot be transcribed (not media, no audio, too long...);
      │                          the job goes to failed/ with NAME.error.json, the daemon goes on
      ├── JobError               a job failed for a reason that is not the file's fault
+     ├── JobInterrupted         the daemon is stopping; the job stays in work/ and resumes later
      └── EngineError            raised by engines at their transport edge
           ├── RetryableError    try again later (rate limit, 5xx, timeouts, a crashed worker)
-          └── PermanentError    retrying cannot help (bad request, refused key); fails the job
+          ├── PermanentError    retrying cannot help (bad request, refused key); fails the job
+          └── QuotaExhaustedError  the account's quota or budget is spent: all spending stops,
+                                jobs wait (state "waiting", reason quota) and are tried again later
 
 Every error carries a `reason` (what went wrong, in words a clerk understands) and a `hint`
 (what to do about it). Decisions look at the type, never at the message.
@@ -50,6 +53,12 @@ class JobError(TranscribedError):
     code = "job_failed"
 
 
+class JobInterrupted(TranscribedError):
+    """A job stopped early because the daemon is draining; not a failure."""
+
+    code = "interrupted"
+
+
 class EngineError(TranscribedError):
     """Base of errors raised by an engine."""
 
@@ -70,3 +79,12 @@ class PermanentError(EngineError):
     """A failure that retrying the same request cannot fix."""
 
     code = "permanent"
+
+
+class QuotaExhaustedError(EngineError):
+    """The account ran out of quota or credit: no request may be sent until it is topped up.
+
+    Not a failure of the job: the gate suspends all spending, jobs wait, and try again later.
+    """
+
+    code = "quota"

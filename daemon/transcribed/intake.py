@@ -11,6 +11,7 @@ same file. This is the only module that imports watchfiles.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import secrets
 import stat
@@ -23,8 +24,10 @@ from pathlib import Path
 import structlog
 import trio
 
+from transcribed.atomic import atomic_write_json
 from transcribed.config import Config
-from transcribed.journal import JOB_FILE, JobRecord, Journal, encode_name
+from transcribed.failpoints import failpoint
+from transcribed.journal import JOB_FILE, JobRecord, Journal, encode_name, sweep_trash
 from transcribed.outputs import OUTPUT_SUFFIXES
 from transcribed.progress import PROGRESS_SUFFIX, isoformat, utc_now
 
@@ -148,9 +151,43 @@ class SettleTracker:
         self._seen.pop(name, None)
 
 
-def list_inbox(inbox: Path) -> dict[bytes, tuple[int, int, int]]:
-    """Candidate files in the inbox with their (inode, size, mtime_ns); never follows links."""
-    found: dict[bytes, tuple[int, int, int]] = {}
+# Inbox entries that are never transcribed, with what the clerk is told.
+ODDITIES: dict[str, tuple[str, str]] = {
+    "symlink": (
+        "symbolic links are not accepted: the daemon never reads outside its inbox",
+        "copy the recording itself into the inbox",
+    ),
+    "hardlink": (
+        "the file has other hard links, so it could change after it was accepted",
+        "copy the recording into the inbox instead of linking it",
+    ),
+    "directory": (
+        "folders are not transcribed",
+        "drop the recordings themselves, not a folder (producers may stage copies in a folder whose name starts with '.')",
+    ),
+    "special": (
+        "this is not a regular file (a named pipe, socket or device)",
+        "drop a recording file",
+    ),
+}
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Listing:
+    """What a scan of the inbox found: files to claim and entries to reject, with their
+    (inode, size, mtime_ns) so both must settle before anything happens to them."""
+
+    files: dict[bytes, tuple[int, int, int]]
+    oddities: dict[bytes, tuple[tuple[int, int, int], str]]
+
+    def keys(self) -> dict[bytes, tuple[int, int, int]]:
+        return self.files | {name: key for name, (key, _) in self.oddities.items()}
+
+
+def list_inbox(inbox: Path) -> Listing:
+    """Scan the inbox without following links."""
+    files: dict[bytes, tuple[int, int, int]] = {}
+    oddities: dict[bytes, tuple[tuple[int, int, int], str]] = {}
     with os.scandir(os.fsencode(inbox)) as entries:
         for entry in entries:
             if not is_candidate_name(entry.name):
@@ -159,9 +196,18 @@ def list_inbox(inbox: Path) -> dict[bytes, tuple[int, int, int]]:
                 info = entry.stat(follow_symlinks=False)
             except FileNotFoundError:
                 continue
-            if stat.S_ISREG(info.st_mode):
-                found[entry.name] = (info.st_ino, info.st_size, info.st_mtime_ns)
-    return found
+            key = (info.st_ino, info.st_size, info.st_mtime_ns)
+            if stat.S_ISREG(info.st_mode) and info.st_nlink == 1:
+                files[entry.name] = key
+            elif stat.S_ISREG(info.st_mode):
+                oddities[entry.name] = (key, "hardlink")
+            elif stat.S_ISLNK(info.st_mode):
+                oddities[entry.name] = (key, "symlink")
+            elif stat.S_ISDIR(info.st_mode):
+                oddities[entry.name] = (key, "directory")
+            else:
+                oddities[entry.name] = (key, "special")
+    return Listing(files=files, oddities=oddities)
 
 
 class Claimer:
@@ -170,6 +216,7 @@ class Claimer:
     def __init__(self, config: Config, stems: StemRegistry, *, now: Callable[[], datetime] = utc_now) -> None:
         self.inbox = config.folder("inbox")
         self.work = config.folder("work")
+        self.failed = config.folder("failed")
         self.stems = stems
         self.now = now
 
@@ -200,26 +247,69 @@ class Claimer:
         # The record goes first: a crash before the rename leaves a claiming record without a
         # source, which start-up removes; the file is still in the inbox.
         journal.save(record)
+        failpoint("claim.recorded")
         try:
             os.rename(source, journal.folder / record.source_file)
         except FileNotFoundError:
             journal.remove()
             self.stems.release(stem)
             return None
-        journal.save(JobRecord(**{**record.as_dict(), "state": "claimed"}))
+        failpoint("claim.renamed")
+        journal.save(dataclasses.replace(record, state="claimed"))
         return journal
+
+    def reject(self, name: bytes, kind: str) -> Path | None:
+        """Move an entry that is not a recording (a link, a folder, a pipe) into failed/ with
+        NAME.error.json, without ever opening or following it. Returns the explanation's path,
+        None if the entry vanished. Blocking: call from a thread."""
+        entry = os.path.join(os.fsencode(self.inbox), name)
+        display, _ = encode_name(name)
+        stem = safe_stem(name)
+        suffix = source_suffix(name)
+        number, base = 1, stem
+        while (self.failed / f"{stem}.error.json").exists() or os.path.lexists(self.failed / f"{stem}{suffix}"):
+            number += 1
+            stem = f"{base}-{number}"
+        reason, hint = ODDITIES[kind]
+        target = self.failed / f"{stem}{suffix}"
+        try:
+            os.rename(entry, target)
+            moved_to: str | None = str(target)
+        except FileNotFoundError:
+            return None
+        except OSError as exc:  # another filesystem: leave it, but say why
+            logger.warning("intake.reject_move_failed", source=display, error=exc.strerror)
+            moved_to = None
+        explanation = self.failed / f"{stem}.error.json"
+        atomic_write_json(
+            explanation,
+            {
+                "source": display,
+                "job_id": None,
+                "error": kind,
+                "reason": reason,
+                "what_to_do": hint,
+                "moved_to": moved_to,
+                "failed_at": isoformat(self.now()),
+            },
+        )
+        return explanation
 
 
 def recover_work(work: Path, stems: StemRegistry) -> list[Journal]:
     """Jobs a previous run left in work/: resumable ones are returned (oldest first), leftovers
     of interrupted claims are removed."""
+    sweep_trash(work)
     resumable: list[tuple[str, Journal]] = []
     for entry in sorted(os.scandir(work), key=lambda e: e.name):
         if not entry.is_dir(follow_symlinks=False) or entry.name.startswith("."):
             continue
         journal = Journal(Path(entry.path))
         if not (journal.folder / JOB_FILE).is_file():
-            logger.warning("intake.stray_work_folder", folder=entry.path)
+            # A claim that died before its record was written: the source was never moved
+            # here (the record goes first), so nothing in it is worth keeping.
+            logger.warning("intake.stray_work_folder", folder=entry.path, contents=sorted(os.listdir(entry.path)))
+            journal.remove()
             continue
         record = journal.load()
         if record.state == "claiming" and not (journal.folder / record.source_file).exists():
@@ -266,9 +356,14 @@ async def serve_intake(
         while True:
             poke = trio.Event()
             listing = await trio.to_thread.run_sync(list_inbox, inbox)
-            for name in tracker.observe(listing, trio.current_time()):
-                journal = await trio.to_thread.run_sync(claimer.claim, name, listing[name])
+            for name in tracker.observe(listing.keys(), trio.current_time()):
                 tracker.forget(name)
+                if name in listing.oddities:
+                    kind = listing.oddities[name][1]
+                    if await trio.to_thread.run_sync(claimer.reject, name, kind):
+                        logger.warning("job.rejected", source=encode_name(name)[0], error=kind)
+                    continue
+                journal = await trio.to_thread.run_sync(claimer.claim, name, listing.files[name])
                 if journal is None:
                     continue
                 logger.info("job.claimed", job_id=journal.folder.name, source=encode_name(name)[0])

@@ -16,20 +16,20 @@ import trio
 
 from transcribed.config import Config
 from transcribed.cutting import Piece, PieceCutter
+from transcribed.engines import retry_policy_for
 from transcribed.engines.base import Engine, PieceResult
-from transcribed.errors import PermanentError, RejectedFileError, RetryableError
+from transcribed.errors import JobInterrupted, RejectedFileError, RetryableError
+from transcribed.failpoints import failpoint
 from transcribed.gate import Gate
 from transcribed.journal import JobRecord, Journal
 from transcribed.media import DecodeError, open_pcm_stream, probe
 from transcribed.merge import merge_pieces
 from transcribed.outputs import write_outputs
 from transcribed.planning import SAMPLE_RATE, PieceSpan
-from transcribed.progress import JobProgress, ProgressBoard, isoformat
+from transcribed.progress import JobProgress, ProgressBoard
+from transcribed.retry import RetryPolicy, call_with_retries
 
 logger = structlog.get_logger()
-
-PIECE_ATTEMPTS = 3
-RETRY_DELAY = 1.0
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -40,6 +40,9 @@ class Services:
     engine: Engine
     gate: Gate
     board: ProgressBoard
+    # Set when the daemon stops: jobs cut no new pieces, let those in flight finish, and end
+    # with JobInterrupted (they resume at the next start).
+    draining: trio.Event = field(default_factory=trio.Event)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -88,10 +91,15 @@ async def run_job(
             code="empty",
         )
     info = await probe(source, timeout=config.probe_timeout)
+    failpoint("job.probed")
     log.info("job.probed", format=info.format_name, codec=info.audio_codec, claimed_seconds=info.claimed_duration)
     if info.claimed_duration is not None and 0 < info.claimed_duration <= config.max_audio_seconds:
         # only an estimate for progress: the decoded sample count is what counts
         board.update(progress, audio_seconds_total=info.claimed_duration)
+
+    price_per_minute = float(getattr(services.engine, "price_per_minute", 0.0))
+    if price_per_minute > 0:  # an engine that costs nothing does not pay for this pass
+        await _check_cost(services, source, progress, price_per_minute)
 
     record, limits = await trio.to_thread.run_sync(journal.fix_limits, record, services.engine.limits)
     done = await trio.to_thread.run_sync(journal.done_pieces)
@@ -100,6 +108,7 @@ async def run_job(
     counts = {"reused": 0, "silent": 0}
     max_samples = round(config.max_audio_seconds * SAMPLE_RATE)
     lookahead = trio.Semaphore(services.engine.capacity + 1)
+    retry_policy = retry_policy_for(config, services.engine)
 
     async def finish_piece(span: PieceSpan, result: PieceResult) -> None:
         await trio.to_thread.run_sync(journal.record_piece, span, result)
@@ -115,14 +124,16 @@ async def run_job(
         try:
             board.update(progress, pieces_in_flight=progress.pieces_in_flight + 1)
             try:
-                result = await _transcribe_with_retries(services, piece, progress, log)
+                result = await _transcribe_with_retries(services, piece, progress, log, retry_policy)
             finally:
                 board.update(progress, pieces_in_flight=progress.pieces_in_flight - 1)
             await finish_piece(piece.span, result)
         finally:
             lookahead.release()
 
-    async def take(piece: Piece, nursery: trio.Nursery) -> None:
+    async def take(piece: Piece, nursery: trio.Nursery) -> bool:
+        """Account for a piece: reuse its journaled result, skip it if silent, or start
+        transcribing it. False once the daemon is draining (the piece is left for later)."""
         previous = done.get(piece.index)
         if previous is not None and previous[0] == piece.span:
             counts["reused"] += 1
@@ -133,16 +144,24 @@ async def run_job(
                 audio_seconds_done=progress.audio_seconds_done + (piece.span.keep_end - piece.span.keep_start) / SAMPLE_RATE,
                 spent_cost=progress.spent_cost + previous[1].cost,
             )
-            return
+            return True
+        if services.draining.is_set():
+            return False
         if piece.silent:
             counts["silent"] += 1
             await finish_piece(piece.span, PieceResult())
-            return
+            return True
         await lookahead.acquire()
+        if services.draining.is_set():
+            lookahead.release()
+            return False
         nursery.start_soon(transcribe_piece, piece, name=f"piece-{piece.index}")
+        return True
 
     board.update(progress, state="transcribing", transcribing_since=trio.current_time())
+    failpoint("job.transcribing")
     cutter = PieceCutter(limits)
+    interrupted = False
     async with trio.open_nursery() as nursery:
         try:
             async with open_pcm_stream(
@@ -150,7 +169,9 @@ async def run_job(
             ) as blocks:
                 async for block in blocks:
                     for piece in cutter.feed(block):
-                        await take(piece, nursery)
+                        interrupted = interrupted or not await take(piece, nursery)
+                    if interrupted:
+                        break  # the pieces in flight finish; the nursery waits for them
                     if cutter.samples_seen > max_samples:
                         raise _too_long(config.max_audio_seconds)
         except DecodeError as exc:
@@ -164,27 +185,30 @@ async def run_job(
             warnings.append(f"the recording is damaged after {at:.1f} s; the rest could not be decoded")
             log.warning("job.decode_incomplete", decoded_seconds=round(at, 2), error=exc.reason)
         total_seconds = cutter.samples_seen / SAMPLE_RATE
-        if total_seconds < config.min_audio_seconds:
+        if not interrupted and total_seconds < config.min_audio_seconds:
             nursery.cancel_scope.cancel()
             raise RejectedFileError(
                 f"the file holds only {total_seconds:.2f} s of audio",
                 hint="check the recording; it is empty or cut off",
                 code="too_short",
             )
-        board.update(progress, audio_seconds_total=total_seconds)
-        for piece in cutter.finish():
-            await take(piece, nursery)
-        board.update(progress, pieces_total=cutter.pieces_planned)
+        if not interrupted:
+            board.update(progress, audio_seconds_total=total_seconds)
+            for piece in cutter.finish():
+                interrupted = not await take(piece, nursery)
+            board.update(progress, pieces_total=cutter.pieces_planned)
+    if interrupted:
+        raise JobInterrupted("the daemon is stopping; finished pieces are journaled")
 
     board.update(progress, state="merging", pieces_total=len(results))
     segments = merge_pieces((span, result.segments) for span, result in results.values())
+    # Only what the audio and the engine determine: a resumed job's outputs are byte-identical
+    # to an uninterrupted run's (the job id and times are in the progress file).
     metadata = {
         "source": record.display_name,
-        "job_id": record.job_id,
         "engine": services.engine.name,
         "model": services.engine.model,
         "audio_seconds": round(total_seconds, 3),
-        "created_at": isoformat(board.now()),
         "warnings": warnings,
     }
     outputs = await trio.to_thread.run_sync(write_outputs, output_dir, record.stem, segments, metadata)
@@ -209,22 +233,60 @@ def _too_long(limit: float) -> RejectedFileError:
     )
 
 
+async def _check_cost(services: Services, source: Path, progress: JobProgress, price_per_minute: float) -> None:
+    """Before any spend: decode once to count the real samples (never the header's claim),
+    publish the estimated cost, and refuse the file if it is over the cap."""
+    config = services.config
+    samples = 0
+    try:
+        async with open_pcm_stream(source, max_seconds=config.max_audio_seconds, stall_timeout=config.decode_stall_timeout) as blocks:
+            async for block in blocks:
+                samples += len(block)
+    except DecodeError as exc:
+        samples = exc.samples  # what decodes is what will be sent; the main pass reports damage
+    seconds = samples / SAMPLE_RATE
+    if seconds > config.max_audio_seconds:
+        raise _too_long(config.max_audio_seconds)
+    estimate = price_per_minute * seconds / 60.0
+    services.board.update(progress, estimated_cost=estimate, audio_seconds_total=seconds)
+    cap = config.openai.max_cost_per_file
+    if estimate > cap:
+        raise RejectedFileError(
+            f"transcribing these {seconds / 60:.1f} minutes would cost about ${estimate:.2f}, "
+            f"over the limit of ${cap:.2f} per file",
+            hint="raise openai.max_cost_per_file, or split the recording",
+            code="too_expensive",
+        )
+
+
 async def _transcribe_with_retries(
-    services: Services, piece: Piece, progress: JobProgress, log: structlog.typing.FilteringBoundLogger
+    services: Services,
+    piece: Piece,
+    progress: JobProgress,
+    log: structlog.typing.FilteringBoundLogger,
+    policy: RetryPolicy,
 ) -> PieceResult:
-    for attempt in range(1, PIECE_ATTEMPTS + 1):
-        try:
-            async with services.gate.slot():
-                return await services.engine.transcribe(piece.audio)
-        except RetryableError as exc:
-            if attempt == PIECE_ATTEMPTS:
-                raise PermanentError(
-                    f"piece {piece.index} failed {attempt} times: {exc.reason}"
-                ) from exc
-            services.board.update(progress, retries=progress.retries + 1, last_error=exc.reason)
-            log.warning("piece.retrying", piece=piece.index, attempt=attempt, error=exc.reason)
-            await trio.sleep(exc.retry_after if exc.retry_after is not None else RETRY_DELAY * 2 ** (attempt - 1))
-    raise AssertionError("unreachable")
+    board = services.board
+
+    def on_retry(error: RetryableError, failures: int) -> None:
+        board.update(progress, retries=progress.retries + 1, last_error=error.reason)
+        log.warning("piece.retrying", piece=piece.index, failures=failures, error=error.reason, retry_after=error.retry_after)
+
+    def on_wait(reason: str | None) -> None:
+        if reason is not None:
+            board.update(progress, state="waiting", waiting_reason=reason)
+            log.warning("job.waiting", reason=reason, piece=piece.index)
+        elif progress.state == "waiting":
+            board.update(progress, state="transcribing", waiting_reason=None)
+            log.info("job.resuming", piece=piece.index)
+
+    return await call_with_retries(
+        lambda: services.engine.transcribe(piece.audio),
+        gate=services.gate,
+        policy=policy,
+        on_retry=on_retry,
+        on_wait=on_wait,
+    )
 
 
 def job_summary(record: JobRecord, outcome: JobOutcome) -> dict[str, object]:

@@ -23,10 +23,12 @@ from typing import Any
 
 from transcribed.atomic import atomic_write_json
 from transcribed.engines.base import PieceResult, Segment
+from transcribed.failpoints import failpoint
 from transcribed.planning import PieceLimits, PieceSpan
 
 JOB_FILE = "job.json"
 PIECES = "pieces"
+TRASH_PREFIX = ".trash-"
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -40,8 +42,10 @@ class JobRecord:
     source_file: str  # name of the source inside work/JOB/
     claimed_at: str
     attempts: int = 0
-    state: str = "claimed"  # claiming | claimed | published
+    state: str = "claimed"  # claiming | claimed | published | failed
     limits: dict[str, float] | None = None
+    outputs: list[str] | None = None  # once published
+    error: dict[str, str] | None = None  # once failed: error, reason, what_to_do
 
     def as_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -85,6 +89,7 @@ class Journal:
 
     def record_piece(self, span: PieceSpan, result: PieceResult) -> None:
         self.pieces.mkdir(exist_ok=True)
+        failpoint("journal.piece")
         atomic_write_json(
             self.pieces / f"{span.index:06d}.json",
             {
@@ -111,4 +116,19 @@ class Journal:
         return done
 
     def remove(self) -> None:
-        shutil.rmtree(self.folder, ignore_errors=True)
+        """Delete the job folder. It is first renamed to a dot-name (atomic), so a crash halfway
+        through the deletion leaves a folder start-up sweeps, never half a job."""
+        trash = self.folder.with_name(f"{TRASH_PREFIX}{self.folder.name}")
+        try:
+            os.rename(self.folder, trash)
+        except FileNotFoundError:
+            return
+        failpoint("journal.remove")
+        shutil.rmtree(trash, ignore_errors=True)
+
+
+def sweep_trash(work: Path) -> None:
+    """Finish deletions a crash interrupted."""
+    for entry in os.scandir(work):
+        if entry.name.startswith(TRASH_PREFIX) and entry.is_dir(follow_symlinks=False):
+            shutil.rmtree(entry.path, ignore_errors=True)

@@ -8,6 +8,7 @@ from typing import Any
 
 from transcribed.atomic import atomic_write_text
 from transcribed.engines.base import Segment
+from transcribed.failpoints import failpoint
 
 OUTPUT_SUFFIXES = (".txt", ".srt", ".vtt", ".json")
 
@@ -60,7 +61,11 @@ def write_outputs(
     """Write all four transcripts; the .json goes last, so its presence means all are there."""
     paths = output_paths(folder, stem)
     atomic_write_text(paths[".txt"], render_txt(segments))
+    failpoint("outputs.txt_written")
     atomic_write_text(paths[".srt"], render_srt(segments))
+    failpoint("outputs.srt_written")
     atomic_write_text(paths[".vtt"], render_vtt(segments))
+    failpoint("outputs.vtt_written")
     atomic_write_text(paths[".json"], render_json(segments, metadata))
+    failpoint("outputs.json_written")
     return list(paths.values())

@@ -123,6 +123,7 @@ class ProgressBoard:
         self._paths: dict[str, Path] = {}
         self._dirty: set[str] = set()
         self._changed = trio.Event()
+        self._flushed = trio.Event()
 
     def add(self, progress: JobProgress, stem: str) -> JobProgress:
         progress.started_at = progress.started_at or isoformat(self.now())
@@ -151,10 +152,16 @@ class ProgressBoard:
     def snapshot(self, progress: JobProgress) -> dict[str, Any]:
         return progress.as_dict(trio.current_time())
 
+    async def wait_written(self, progress: JobProgress) -> None:
+        """Wait until the writer has put this job's latest state on disk."""
+        while progress.job_id in self._dirty and self.folder is not None:
+            await self._flushed.wait()
+
     def flush(self) -> None:
         """Write every changed job's file now."""
         dirty, self._dirty = self._dirty, set()
         self._changed = trio.Event()
+        flushed, self._flushed = self._flushed, trio.Event()
         for job_id in dirty:
             progress = self.jobs.get(job_id)
             path = self._paths.get(job_id)
@@ -166,6 +173,7 @@ class ProgressBoard:
                 logger.warning("progress.write_failed", path=str(path), error=str(exc))
             if progress.state in ("done", "failed"):
                 self.forget(progress)
+        flushed.set()
 
     async def serve_writer(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """The single writer of progress files: at most one write per job per interval."""

@@ -45,7 +45,8 @@ class Notifier:
         try:
             with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC) as sock:
                 sock.connect(self._address)
-                sock.sendall(message)
+                # never block the event loop on a full socket buffer: drop and warn instead
+                sock.send(message, socket.MSG_DONTWAIT)
         except OSError as exc:
             logger.warning("systemd.notify_failed", error=str(exc))
             return False
@@ -57,8 +58,13 @@ class Notifier:
     def status(self, status: str) -> None:
         self.notify(f"STATUS={status}")
 
-    def stopping(self, status: str) -> None:
-        self.notify("STOPPING=1", f"STATUS={status}")
+    def stopping(self, status: str, *, extend_timeout: float | None = None) -> None:
+        """STOPPING=1; with `extend_timeout`, also ask systemd for that much more time than
+        TimeoutStopSec gives, so a long drain_timeout is not cut short by SIGKILL."""
+        lines = ["STOPPING=1", f"STATUS={status}"]
+        if extend_timeout is not None:
+            lines.append(f"EXTEND_TIMEOUT_USEC={round(extend_timeout * 1_000_000)}")
+        self.notify(*lines)
 
     def watchdog(self) -> None:
         self.notify("WATCHDOG=1")

@@ -1,0 +1,469 @@
+"""The OpenAI-compatible HTTP engine: one piece → `POST {base_url}/audio/transcriptions`.
+
+Called directly with httpx (no SDK). Each piece's PCM is encoded in memory through an ffmpeg
+pipe (compact mp3 by default, no temp files), sent as multipart form data with OpenAI's field
+names (array fields as `name[]`), and the answer parsed by the format that was asked for.
+
+Errors are classified once, here, at the transport edge (`classify_response`,
+`classify_transport_error`): a status code or a transport exception becomes RetryableError,
+PermanentError or QuotaExhaustedError, and nothing above this module looks at HTTP again.
+Server messages are redacted before they go anywhere (a 401 from OpenAI echoes part of the
+key), and a 401 or 403 is reported with a fixed sentence only.
+
+The API key lives only in the client's default headers (httpx masks it in reprs); it is never
+logged, put in an exception, or passed to a child process.
+"""
+
+from __future__ import annotations
+
+import email.utils
+import json
+import math
+import os
+import re
+import subprocess
+import time
+from collections.abc import AsyncIterator, Callable, Mapping
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+import numpy as np
+import structlog
+import trio
+
+from transcribed.config import OpenAIConfig
+from transcribed.engines.base import PieceResult, Segment
+from transcribed.errors import (
+    ConfigError,
+    EngineError,
+    PermanentError,
+    QuotaExhaustedError,
+    RetryableError,
+)
+from transcribed.media import child_environment
+from transcribed.planning import SAMPLE_RATE, PieceLimits
+
+logger = structlog.get_logger()
+
+OPENAI_UPLOAD_LIMIT = 26_214_400
+# room for the multipart envelope and the form fields (a long glossary prompt included)
+_ENVELOPE_BYTES = 64 * 1024
+CREDENTIAL_NAME = "openai_api_key"
+DEFAULT_BASE_URL = "https://api.openai.com/v1"
+
+
+# ---------------------------------------------------------------- models and upload formats
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ModelProfile:
+    """What a model can do and how its pieces are planned."""
+
+    timestamps: bool  # answers verbose_json with timed segments
+    max_audio_seconds: float | None  # the server refuses longer audio
+    price_per_minute: float  # US dollars, today's list price
+    piece_target_seconds: float
+    piece_max_seconds: float
+
+
+_TEXT_ONLY = {"timestamps": False, "max_audio_seconds": 1400.0, "piece_target_seconds": 30.0, "piece_max_seconds": 60.0}
+MODEL_PROFILES: dict[str, ModelProfile] = {
+    "whisper-1": ModelProfile(timestamps=True, max_audio_seconds=None, price_per_minute=0.006, piece_target_seconds=120.0, piece_max_seconds=180.0),
+    "gpt-4o-transcribe": ModelProfile(price_per_minute=0.006, **_TEXT_ONLY),  # type: ignore[arg-type]
+    "gpt-4o-mini-transcribe": ModelProfile(price_per_minute=0.003, **_TEXT_ONLY),  # type: ignore[arg-type]
+    "gpt-4o-mini-transcribe-2025-12-15": ModelProfile(price_per_minute=0.003, **_TEXT_ONLY),  # type: ignore[arg-type]
+}
+# Any other model (a compatible server's whisper, a new snapshot): timed segments, no price.
+_OTHER_MODEL = ModelProfile(timestamps=True, max_audio_seconds=None, price_per_minute=0.0, piece_target_seconds=120.0, piece_max_seconds=180.0)
+
+
+def model_profile(model: str) -> ModelProfile:
+    if model in MODEL_PROFILES:
+        return MODEL_PROFILES[model]
+    if model.startswith(("gpt-4o-transcribe", "gpt-4o-mini-transcribe")):
+        return MODEL_PROFILES["gpt-4o-mini-transcribe" if "mini" in model else "gpt-4o-transcribe"]
+    return _OTHER_MODEL
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class UploadFormat:
+    """How a piece is encoded for upload; `bytes_per_second` is an upper bound of its size."""
+
+    suffix: str
+    mime: str
+    ffmpeg_args: tuple[str, ...]
+    bytes_per_second: float
+
+
+def upload_format(name: str, bitrate: int = 32) -> UploadFormat:
+    # -fflags +bitexact and no metadata: the same samples always give the same bytes
+    if name == "mp3":
+        return UploadFormat(
+            suffix="mp3",
+            mime="audio/mpeg",
+            ffmpeg_args=("-c:a", "libmp3lame", "-b:a", f"{bitrate}k", "-compression_level", "9", "-f", "mp3"),
+            bytes_per_second=bitrate * 1000 / 8 * 1.02,
+        )
+    if name == "flac":
+        # 16 kHz mono speech compresses to ~18 KB/s; noise can take it close to raw PCM
+        return UploadFormat(suffix="flac", mime="audio/flac", ffmpeg_args=("-c:a", "flac", "-f", "flac"), bytes_per_second=SAMPLE_RATE * 2)
+    if name == "wav":
+        return UploadFormat(suffix="wav", mime="audio/wav", ffmpeg_args=("-c:a", "pcm_s16le", "-f", "wav"), bytes_per_second=SAMPLE_RATE * 2)
+    raise ValueError(f"unknown upload format {name!r}")
+
+
+async def encode_piece(audio: np.ndarray, fmt: UploadFormat, *, timeout: float = 120.0) -> bytes:
+    """16 kHz mono int16 samples → the upload's bytes, through an ffmpeg pipe (no files)."""
+    command = [
+        "ffmpeg", "-nostdin", "-hide_banner", "-loglevel", "error", "-threads", "1",
+        "-f", "s16le", "-ar", str(SAMPLE_RATE), "-ac", "1", "-i", "pipe:0",
+        "-map_metadata", "-1", "-fflags", "+bitexact", "-flags:a", "+bitexact",
+        *fmt.ffmpeg_args, "pipe:1",
+    ]  # fmt: skip
+    payload = np.ascontiguousarray(audio, dtype="<i2").tobytes()
+    try:
+        with trio.fail_after(timeout):
+            result = await trio.run_process(
+                command, stdin=payload, capture_stdout=True, capture_stderr=True, check=False,
+                env=child_environment(),
+            )  # fmt: skip
+    except trio.TooSlowError:
+        raise RetryableError("encoding a piece for upload took too long") from None
+    if result.returncode != 0:
+        detail = result.stderr.decode("utf-8", "replace").strip()[-300:]
+        raise PermanentError(f"ffmpeg could not encode a piece for upload: {detail}")
+    return bytes(result.stdout)
+
+
+# ---------------------------------------------------------------- the API key
+
+
+def load_api_key(config: OpenAIConfig, environ: Mapping[str, str] | None = None) -> str | None:
+    """The API key: OPENAI_API_KEY, else the systemd credential, else api_key_file; None if none."""
+    environ = os.environ if environ is None else environ
+    key = environ.get("OPENAI_API_KEY", "").strip()
+    if key:
+        return key
+    candidates: list[Path] = []
+    if environ.get("CREDENTIALS_DIRECTORY"):
+        candidates.append(Path(environ["CREDENTIALS_DIRECTORY"]) / CREDENTIAL_NAME)
+    if config.api_key_file is not None:
+        candidates.append(config.api_key_file)
+    for path in candidates:
+        try:
+            key = path.read_text("utf-8").strip()
+        except FileNotFoundError:
+            if path == config.api_key_file:
+                raise ConfigError(f"openai.api_key_file {path} does not exist") from None
+            continue
+        except OSError as exc:
+            raise ConfigError(f"the API key file {path} cannot be read: {exc.strerror}") from None
+        if key:
+            return key
+    return None
+
+
+_KEY_LIKE = re.compile(r"\b(?:sk|rk|pk)-[A-Za-z0-9_*.\-…]{3,}|\bBearer\s+\S+", re.IGNORECASE)
+
+
+def redact(text: str, secret: str | None) -> str:
+    """`text` with the key (whole, or any 4+ character stretch of its start or end) and anything
+    key-shaped removed."""
+    if secret:
+        text = text.replace(secret, "[redacted]")
+        for size in range(min(len(secret), 12), 3, -1):
+            text = text.replace(secret[:size], "[redacted]").replace(secret[-size:], "[redacted]")
+    return _KEY_LIKE.sub("[redacted]", text)
+
+
+# ---------------------------------------------------------------- classification (pure)
+
+QUOTA_CODES = frozenset(
+    {
+        "insufficient_quota",
+        "credit_balance_exhausted",
+        "billing_hard_limit_reached",
+        "billing_not_active",
+        "organization_spend_limit_exceeded",
+        "project_spend_limit_exceeded",
+        "organization_usage_limit_exceeded",
+    }
+)
+_RETRYABLE_STATUS = frozenset({408, 409, 429, 500, 502, 503, 504})
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ErrorBody:
+    """An error answer, whatever shape the server gave it."""
+
+    message: str
+    type: str | None = None
+    code: str | None = None
+
+
+def parse_error_body(body: bytes) -> ErrorBody:
+    """OpenAI's {"error": {...}}, LocalAI's int codes, {"error": "..."}, {"detail": ...}, text."""
+    text = body.decode("utf-8", "replace")
+    try:
+        data = json.loads(text)
+    except ValueError:
+        return ErrorBody(message=_plain(text))
+    if isinstance(data, dict):
+        error = data.get("error", data)
+        if isinstance(error, dict):
+            code = error.get("code")
+            return ErrorBody(
+                message=_plain(str(error.get("message") or error.get("detail") or "")),
+                type=str(error["type"]) if error.get("type") else None,
+                code=str(code) if code not in (None, "") else None,
+            )
+        if isinstance(error, str):
+            return ErrorBody(message=_plain(error))
+        detail = data.get("detail")
+        if detail is not None:
+            return ErrorBody(message=_plain(detail if isinstance(detail, str) else json.dumps(detail)))
+    return ErrorBody(message=_plain(text))
+
+
+def _plain(text: str) -> str:
+    text = re.sub(r"<[^>]+>", " ", text)  # an HTML error page from a proxy
+    return " ".join(text.split())[:300]
+
+
+def parse_retry_after(headers: Mapping[str, str], *, now: Callable[[], float] = time.time) -> float | None:
+    """Seconds the server asks us to wait: retry-after-ms, then Retry-After (seconds or date)."""
+    raw_ms = headers.get("retry-after-ms")
+    if raw_ms:
+        try:
+            value = float(raw_ms) / 1000
+            if math.isfinite(value) and value >= 0:
+                return value
+        except ValueError:
+            pass
+    raw = headers.get("retry-after")
+    if not raw:
+        return None
+    try:
+        value = float(raw)
+        return value if math.isfinite(value) and value >= 0 else None
+    except ValueError:
+        pass
+    try:
+        moment = email.utils.parsedate_to_datetime(raw)
+    except (TypeError, ValueError, IndexError):
+        return None
+    return max(0.0, moment.timestamp() - now())
+
+
+def classify_response(
+    status: int,
+    headers: Mapping[str, str],
+    body: bytes,
+    *,
+    secret: str | None = None,
+    now: Callable[[], float] = time.time,
+) -> EngineError:
+    """The error a non-2xx answer means. Pure: tested without any I/O."""
+    error = parse_error_body(body)
+    request_id = headers.get("x-request-id")
+    where = f"HTTP {status}" + (f", request {request_id}" if request_id else "")
+    kind = " ".join(filter(None, [error.type, error.code]))
+    detail = redact(error.message, secret)
+    said = f": {detail}" if detail else ""
+
+    if status in (401, 403):
+        if secret is None:
+            return PermanentError(
+                f"the server refused the request without an API key ({where})",
+                hint="set OPENAI_API_KEY or install the systemd credential openai_api_key",
+            )
+        # OpenAI's 401 echoes part of the key: report a fixed sentence only
+        return PermanentError(
+            f"the API key was refused ({where})",
+            hint="check the key (OPENAI_API_KEY or the credential openai_api_key), its project and "
+            "the model's access; the key itself is never printed",
+        )
+    if error.type == "insufficient_quota" or (error.code or "") in QUOTA_CODES:
+        return QuotaExhaustedError(
+            f"the account's quota or budget is exhausted ({where}, {error.code or error.type})",
+            hint="add credit or raise the spend limit; waiting jobs resume by themselves",
+        )
+    should_retry = headers.get("x-should-retry", "").lower()
+    retry_after = parse_retry_after(headers, now=now)
+    if should_retry == "true" or (should_retry != "false" and status in _RETRYABLE_STATUS):
+        reason = "rate limited" if status == 429 else "the server is busy or failed"
+        return RetryableError(f"{reason} ({where}{', ' + kind if kind else ''}){said}", retry_after=retry_after)
+    hints = {
+        400: "the server refused this request or this audio",
+        404: "check openai.model and openai.base_url",
+        413: "the upload was too large: lower openai.upload_bitrate or openai.piece_max_seconds",
+        415: "the server cannot read the upload format: try openai.upload_format = \"wav\"",
+        422: "the server refused a field of the request; check openai.language and openai.prompt",
+    }
+    return PermanentError(
+        f"the transcription service refused a piece ({where}{', ' + kind if kind else ''}){said}",
+        hint=hints.get(status, "see the service's documentation for this status"),
+    )
+
+
+def classify_transport_error(exc: Exception) -> EngineError:
+    """A transport failure (no answer) as RetryableError, or PermanentError when it cannot heal."""
+    if isinstance(exc, httpx.UnsupportedProtocol | httpx.InvalidURL):
+        return PermanentError(f"openai.base_url is not a usable URL ({type(exc).__name__})")
+    if isinstance(exc, httpx.TimeoutException):
+        return RetryableError(f"the request timed out ({type(exc).__name__})")
+    if isinstance(exc, trio.TooSlowError):
+        return RetryableError("the request took longer than openai.request_timeout")
+    return RetryableError(f"the connection failed ({type(exc).__name__})")
+
+
+# ---------------------------------------------------------------- answers
+
+
+def parse_answer(body: bytes, *, timestamps: bool, seconds: float) -> list[Segment]:
+    """Segments from a 200 answer; text-only answers become one segment spanning the piece."""
+    try:
+        data = json.loads(body)
+    except ValueError:
+        raise RetryableError("the server's answer was not JSON") from None
+    if not isinstance(data, dict) or not isinstance(data.get("text", ""), str):
+        raise RetryableError("the server's answer had no text")
+    segments: list[Segment] = []
+    if timestamps and isinstance(data.get("segments"), list):
+        words = [w for w in data.get("words") or [] if isinstance(w, dict)]
+        for item in data["segments"]:
+            try:
+                start, end, text = float(item["start"]), float(item["end"]), str(item["text"])
+            except (KeyError, TypeError, ValueError):
+                raise RetryableError("the server's answer had a malformed segment") from None
+            inside = [w for w in words if start <= _word_time(w) < end]
+            if inside:  # word times are tighter than Whisper's segment bounds
+                start, end = float(inside[0]["start"]), float(inside[-1]["end"])
+            if text.strip():
+                segments.append(Segment(start=max(0.0, start), end=min(seconds, max(start, end)), text=text.strip()))
+        return segments
+    text = str(data.get("text", "")).strip()
+    return [Segment(start=0.0, end=seconds, text=text)] if text else []
+
+
+def _word_time(word: dict[str, Any]) -> float:
+    try:
+        return float(word["start"])
+    except (KeyError, TypeError, ValueError):
+        return -1.0
+
+
+# ---------------------------------------------------------------- the engine
+
+
+class OpenAIEngine:
+    """Sends pieces to an OpenAI-compatible server; shared by every job of the daemon."""
+
+    name = "openai"
+
+    def __init__(self, config: OpenAIConfig, client: httpx.AsyncClient, *, api_key: str | None) -> None:
+        self.config = config
+        self.model = config.model
+        self.profile = model_profile(config.model)
+        self.capacity = config.max_concurrent_requests
+        self.requests_per_minute = config.requests_per_minute
+        self.price_per_minute = (
+            config.price_per_minute if config.price_per_minute is not None else self.profile.price_per_minute
+        )
+        self.response_format = (
+            config.response_format
+            if config.response_format != "auto"
+            else ("verbose_json" if self.profile.timestamps else "json")
+        )
+        self.format = upload_format(config.upload_format, config.upload_bitrate)
+        self.limits = piece_limits(config, self.profile, self.format)
+        self._client = client
+        self._secret = api_key
+
+    def estimate_cost(self, seconds: float) -> float:
+        return self.price_per_minute * seconds / 60.0
+
+    def form_fields(self) -> dict[str, str | list[str]]:
+        """The form fields besides `file`, spelled as OpenAI's schema spells them."""
+        fields: dict[str, str | list[str]] = {"model": self.config.model, "response_format": self.response_format, "temperature": "0"}
+        if self.config.language:
+            fields["language"] = self.config.language
+        if self.config.prompt:
+            fields["prompt"] = self.config.prompt
+        if self.response_format == "verbose_json" and self.config.word_timestamps:
+            fields["timestamp_granularities[]"] = ["segment", "word"]
+        return fields
+
+    async def transcribe(self, audio: np.ndarray) -> PieceResult:
+        seconds = len(audio) / SAMPLE_RATE
+        data = await encode_piece(audio, self.format)
+        if len(data) + _ENVELOPE_BYTES > self.config.max_upload_bytes:
+            raise PermanentError(
+                f"a {seconds:.0f} s piece encoded to {len(data)} bytes, over the server's limit",
+                hint="lower openai.upload_bitrate or openai.piece_max_seconds",
+            )
+        files = {"file": (f"piece.{self.format.suffix}", data, self.format.mime)}
+        try:
+            with trio.fail_after(self.config.request_timeout):
+                response = await self._client.post("audio/transcriptions", data=self.form_fields(), files=files)
+        except (httpx.TransportError, trio.TooSlowError) as exc:
+            raise classify_transport_error(exc) from exc
+        if response.status_code >= 400 or response.status_code < 200:
+            raise classify_response(response.status_code, response.headers, response.content, secret=self._secret)
+        segments = parse_answer(response.content, timestamps=self.response_format == "verbose_json", seconds=seconds)
+        return PieceResult(segments=segments, cost=self.estimate_cost(seconds))
+
+
+def piece_limits(config: OpenAIConfig, profile: ModelProfile, fmt: UploadFormat) -> PieceLimits:
+    """Pieces short enough for the model's duration cap and the server's upload limit."""
+    maximum = config.piece_max_seconds or profile.piece_max_seconds
+    target = config.piece_target_seconds or min(profile.piece_target_seconds, maximum)
+    fits = (config.max_upload_bytes - _ENVELOPE_BYTES) / fmt.bytes_per_second
+    cap = min(fits, (profile.max_audio_seconds or math.inf) - 20.0)  # headroom for padding
+    if maximum > cap:
+        raise ConfigError(
+            f"openai.piece_max_seconds {maximum:g} is over what one request may carry ({cap:.0f} s "
+            f"for {config.model} as {config.upload_format})",
+            hint="lower openai.piece_max_seconds, or use a more compact openai.upload_format",
+        )
+    target = min(target, maximum)
+    # text-only models: overlapping pieces would repeat words; cut at the quietest moment instead
+    overlap = 1.0 if profile.timestamps and config.response_format != "json" else 0.0
+    return PieceLimits(target_seconds=target, max_seconds=maximum, overlap_seconds=overlap)
+
+
+@asynccontextmanager
+async def open_openai_engine(
+    config: OpenAIConfig,
+    *,
+    api_key: str | None = None,
+    transport: httpx.AsyncBaseTransport | None = None,
+) -> AsyncIterator[OpenAIEngine]:
+    """The engine with its HTTP client (pool ≥ the request cap), closed when the block ends."""
+    base_url = config.base_url.rstrip("/") + "/"
+    if api_key is None and base_url.startswith(DEFAULT_BASE_URL):
+        raise ConfigError(
+            "the openai engine needs an API key for api.openai.com",
+            hint="set OPENAI_API_KEY, install the systemd credential openai_api_key, or set "
+            "openai.api_key_file",
+        )
+    headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+    connections = config.max_concurrent_requests + 4  # never the hidden limit
+    client = httpx.AsyncClient(
+        base_url=base_url,
+        headers=headers,
+        timeout=httpx.Timeout(config.request_timeout, connect=config.connect_timeout),
+        limits=httpx.Limits(max_connections=connections, max_keepalive_connections=connections),
+        transport=transport,
+        follow_redirects=False,
+    )
+    async with client:
+        engine = OpenAIEngine(config, client, api_key=api_key)
+        logger.info(
+            "engine.ready", engine=engine.name, model=engine.model, base_url=base_url,
+            key="set" if api_key else "none", pieces=engine.limits.as_dict(),
+        )  # fmt: skip
+        yield engine

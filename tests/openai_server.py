@@ -109,6 +109,7 @@ class ServerStats:
             "injected": dict(self.injected),
             "statuses": {str(k): v for k, v in self.statuses.items()},
             "max_in_flight": self.max_in_flight,
+            "in_flight": self.in_flight,
         }
 
 

@@ -1,8 +1,12 @@
 """kill -9 at every step of a job: a restart always finishes it, with outputs byte-identical to an
-uninterrupted run, nothing left in work/, the source in done/, and no temp file in the outbox.
+uninterrupted run, nothing left in work/, the source in done/, no temp file in the outbox, and
+no piece that was journaled before the kill sent (or paid for) again.
 
-The daemon runs as a real process on the real engine; `TRANSCRIBED_FAILPOINT` makes it SIGKILL
-itself at a named point (see transcribed/failpoints.py), as a power cut or the OOM killer would.
+The daemon runs as a real process. `TRANSCRIBED_FAILPOINT` makes it SIGKILL itself at a named
+point (see transcribed/failpoints.py), as a power cut or the OOM killer would. The failpoint
+runs use the OpenAI engine against the fake OpenAI server (tests/openai_server.py, a separate
+process whose counters survive the daemon's death); kills from outside with pieces in flight
+run on both engines.
 """
 
 from __future__ import annotations
@@ -13,22 +17,27 @@ import signal
 import subprocess
 import sys
 import time
+import urllib.request
+from collections import Counter
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from conftest import BECKETT, ffmpeg
+from conftest import TWO_CITIES, make_media
 
 pytestmark = pytest.mark.slow
 
+TESTS = Path(__file__).parent
 OUTPUTS = ("recording.txt", "recording.srt", "recording.vtt", "recording.json")
-DAEMON_FLAGS = [
-    "--settle-interval", "0.2", "--rescan-interval", "0.5", "--log-format", "json",
-    "--embedded-piece-target-seconds", "5", "--embedded-piece-max-seconds", "10",
-]
-# Durable writes of one job, in order: claim record, claimed record, attempt count, piece limits,
-# three pieces, four outputs, published record. atomic.rename:N dies before the N-th rename.
-DURABLE_WRITES = 12
+COMMON_FLAGS = ["--settle-interval", "0.2", "--rescan-interval", "0.5", "--log-format", "json"]
+ENGINE_FLAGS = {
+    "embedded": ["--embedded-piece-target-seconds", "12", "--embedded-piece-max-seconds", "20"],
+    "openai": ["--engine", "openai", "--openai-piece-target-seconds", "5", "--openai-piece-max-seconds", "10"],
+}
+# The 44 s recording is cut into at least six pieces at 5-10 s, so one job makes at least 15
+# durable writes: claim record, claimed record, attempt count, piece limits, the pieces, four
+# outputs, the concluded record. atomic.rename:N dies just before the N-th of them is renamed.
 FAILPOINTS = [
     "claim.recorded",
     "claim.renamed",
@@ -36,9 +45,8 @@ FAILPOINTS = [
     "job.probed",
     "job.transcribing",
     "journal.piece:1",
-    "journal.piece:2",
     "journal.piece:3",
-    *[f"atomic.rename:{n}" for n in range(1, DURABLE_WRITES + 1)],
+    *[f"atomic.rename:{n}" for n in range(1, 16)],
     "outputs.txt_written",
     "outputs.srt_written",
     "outputs.vtt_written",
@@ -49,13 +57,55 @@ FAILPOINTS = [
 ]
 
 
-def start(root: Path, log: Path, failpoint: str | None = None) -> subprocess.Popen[bytes]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("TRANSCRIBED_")}
+class Server:
+    """The fake OpenAI server in its own process."""
+
+    def __init__(self, folder: Path) -> None:
+        port_file = folder / "port"
+        self.process = subprocess.Popen(
+            [sys.executable, str(TESTS / "openai_server.py"), "--port-file", str(port_file)],
+            stdin=subprocess.DEVNULL,
+        )
+        deadline = time.monotonic() + 30
+        while not port_file.exists() or not port_file.read_text():
+            assert time.monotonic() < deadline and self.process.poll() is None, "the fake server did not start"
+            time.sleep(0.05)
+        self.url = port_file.read_text().strip()
+
+    def stats(self) -> dict:
+        with urllib.request.urlopen(self.url.rsplit("/v1", 1)[0] + "/_stats", timeout=10) as answer:
+            return json.loads(answer.read())
+
+    def settled_stats(self) -> dict:
+        """The counters once the requests a killed client left behind are finished."""
+        deadline = time.monotonic() + 30
+        while (stats := self.stats())["in_flight"]:
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        return stats
+
+    def stop(self) -> None:
+        self.process.kill()
+        self.process.wait()
+
+
+@pytest.fixture
+def server(tmp_path: Path) -> Iterator[Server]:
+    running = Server(tmp_path)
+    yield running
+    running.stop()
+
+
+def start(root: Path, log: Path, engine: str, server: Server | None, failpoint: str | None = None, extra: tuple[str, ...] = ()) -> subprocess.Popen[bytes]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("TRANSCRIBED_", "OPENAI_"))}
     if failpoint:
         env["TRANSCRIBED_FAILPOINT"] = failpoint
+    flags = [*COMMON_FLAGS, *ENGINE_FLAGS[engine], *extra]
+    if server is not None:
+        flags += ["--openai-base-url", server.url]
     with log.open("ab") as handle:
         return subprocess.Popen(
-            [sys.executable, "-m", "transcribed", "run", "--root", str(root), *DAEMON_FLAGS],
+            [sys.executable, "-m", "transcribed", "run", "--root", str(root), *flags],
             env=env, stdin=subprocess.DEVNULL, stdout=handle, stderr=handle,
         )
 
@@ -68,15 +118,14 @@ def job_done(root: Path) -> bool:
         return False
 
 
-def run_to_completion(root: Path, log: Path) -> None:
-    process = start(root, log)
+def run_to_completion(root: Path, log: Path, engine: str, server: Server | None) -> None:
+    process = start(root, log, engine, server)
     try:
-        deadline = time.monotonic() + 180
+        deadline = time.monotonic() + 240
         while not job_done(root):
             assert process.poll() is None, f"daemon exited with {process.returncode}: {log.read_text()[-2000:]}"
             assert time.monotonic() < deadline, "the job did not finish"
-            time.sleep(0.1)
-        time.sleep(0.3)
+            time.sleep(0.05)
         process.send_signal(signal.SIGTERM)
         assert process.wait(timeout=60) == 0
     finally:
@@ -84,23 +133,34 @@ def run_to_completion(root: Path, log: Path) -> None:
             process.kill()
 
 
+def new_root(tmp_path: Path, recording: Path) -> Path:
+    root = tmp_path / "root"
+    (root / "inbox").mkdir(parents=True)
+    (root / "inbox" / "recording.mp3").write_bytes(recording.read_bytes())
+    return root
+
+
 @pytest.fixture(scope="module")
 def recording(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """Twenty seconds of real speech as mp3: three pieces at the test's piece limits."""
-    folder = tmp_path_factory.mktemp("source")
-    target = folder / "recording.mp3"
-    ffmpeg("-i", str(BECKETT), "-i", str(BECKETT), "-filter_complex", "[0:a][1:a]concat=n=2:v=0:a=1", "-c:a", "libmp3lame", "-b:a", "64k", str(target))
-    return target
+    """44 s of real speech as mp3."""
+    return make_media(tmp_path_factory.mktemp("source") / "recording.mp3", TWO_CITIES)
 
 
 @pytest.fixture(scope="module")
-def clean_run(recording: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, bytes]:
-    root = tmp_path_factory.mktemp("clean")
-    (root / "inbox").mkdir()
-    (root / "inbox" / "recording.mp3").write_bytes(recording.read_bytes())
-    run_to_completion(root, root / "daemon.log")
-    assert len(list((root / "outbox").glob("*.json"))) == 2
-    return {name: (root / "outbox" / name).read_bytes() for name in OUTPUTS}
+def clean_runs(recording: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, dict[str, bytes]]:
+    """Each engine's outputs from an uninterrupted run."""
+    outputs = {}
+    for engine in ENGINE_FLAGS:
+        folder = tmp_path_factory.mktemp(f"clean-{engine}")
+        server = Server(folder) if engine == "openai" else None
+        try:
+            root = new_root(folder, recording)
+            run_to_completion(root, folder / "daemon.log", engine, server)
+        finally:
+            if server is not None:
+                server.stop()
+        outputs[engine] = {name: (root / "outbox" / name).read_bytes() for name in OUTPUTS}
+    return outputs
 
 
 def check_finished_like_clean(root: Path, clean: dict[str, bytes]) -> None:
@@ -112,47 +172,76 @@ def check_finished_like_clean(root: Path, clean: dict[str, bytes]) -> None:
     assert os.listdir(root / "failed") == []
 
 
+def journaled(root: Path) -> int:
+    return len([p for p in root.glob("work/*/pieces/*.json")])
+
+
+def check_nothing_journaled_was_sent_again(before: dict, after: dict, journaled_at_kill: int) -> None:
+    """Pieces answered before the kill and sent again after it are at most those answered but
+    not yet journaled when the kill came (they were still in flight for the daemon)."""
+    answered_before = Counter(before["answered"])
+    received_after = Counter(after["bodies_received"]) - Counter(before["bodies_received"])
+    sent_again = [piece for piece in received_after if answered_before[piece]]
+    assert len(sent_again) <= max(0, len(answered_before) - journaled_at_kill)
+    assert all(count == 1 for count in (Counter(after["answered"]) - answered_before).values())
+
+
 @pytest.mark.parametrize("failpoint", FAILPOINTS)
-def test_a_kill_at_any_failpoint_is_recovered_by_a_restart(failpoint: str, recording: Path, clean_run: dict[str, bytes], tmp_path: Path) -> None:
-    """SIGKILL at this point of the job, restart: the outputs equal a clean run's."""
-    root = tmp_path / "root"
-    (root / "inbox").mkdir(parents=True)
-    (root / "inbox" / "recording.mp3").write_bytes(recording.read_bytes())
+def test_a_kill_at_any_failpoint_is_recovered_by_a_restart(
+    failpoint: str, recording: Path, clean_runs: dict[str, dict[str, bytes]], server: Server, tmp_path: Path
+) -> None:
+    """SIGKILL at this point of the job, restart: the outputs equal a clean run's and nothing
+    journaled is paid for twice."""
+    root = new_root(tmp_path, recording)
     log = tmp_path / "daemon.log"
-    process = start(root, log, failpoint)
+    process = start(root, log, "openai", server, failpoint)
     try:
         assert process.wait(timeout=180) == -signal.SIGKILL, f"failpoint {failpoint} was never reached"
     finally:
         if process.poll() is None:
             process.kill()
-    run_to_completion(root, log)
-    check_finished_like_clean(root, clean_run)
+    at_kill, pieces_at_kill = server.settled_stats(), journaled(root)
+    run_to_completion(root, log, "openai", server)
+    check_finished_like_clean(root, clean_runs["openai"])
+    check_nothing_journaled_was_sent_again(at_kill, server.stats(), pieces_at_kill)
 
 
-@pytest.mark.parametrize("wait_for_pieces", [0, 1])
-def test_a_kill_with_pieces_in_flight_is_recovered(wait_for_pieces: int, recording: Path, clean_run: dict[str, bytes], tmp_path: Path) -> None:
-    """SIGKILL from outside while the engine is working on pieces (after 0 or 1 journaled)."""
-    root = tmp_path / "root"
-    (root / "inbox").mkdir(parents=True)
-    (root / "inbox" / "recording.mp3").write_bytes(recording.read_bytes())
-    log = tmp_path / "daemon.log"
-    process = start(root, log)
+@pytest.mark.parametrize(("engine", "wait_for_pieces"), [("openai", 0), ("openai", 2), ("embedded", 1)])
+def test_a_kill_with_pieces_in_flight_is_recovered(
+    engine: str, wait_for_pieces: int, recording: Path, clean_runs: dict[str, dict[str, bytes]], tmp_path: Path
+) -> None:
+    """SIGKILL from outside while the engine works on pieces (after some are journaled)."""
+    server = Server(tmp_path) if engine == "openai" else None
+    if server is not None:  # slow answers, so the kill lands with requests in flight
+        request = urllib.request.Request(server.url.rsplit("/v1", 1)[0] + "/_control", data=json.dumps({"service_base": 0.5}).encode(), method="POST")
+        urllib.request.urlopen(request, timeout=10).read()
     try:
-        deadline = time.monotonic() + 120
-        while True:
-            assert time.monotonic() < deadline and process.poll() is None
-            try:
-                state = json.loads((root / "outbox" / "recording.progress.json").read_text())
-            except (FileNotFoundError, json.JSONDecodeError):
-                state = None
-            if state and state["pieces"]["in_flight"] >= 1 and state["pieces"]["done"] >= wait_for_pieces:
-                break
-            time.sleep(0.02)
-        process.kill()
-        process.wait(timeout=10)
-    finally:
-        if process.poll() is None:
+        root = new_root(tmp_path, recording)
+        log = tmp_path / "daemon.log"
+        # two requests at a time, so pieces finish one by one and the kill finds some in flight
+        process = start(root, log, engine, server, extra=("--openai-max-concurrent-requests", "2"))
+        try:
+            deadline = time.monotonic() + 180
+            while True:
+                assert time.monotonic() < deadline and process.poll() is None
+                try:
+                    state = json.loads((root / "outbox" / "recording.progress.json").read_text())
+                except (FileNotFoundError, json.JSONDecodeError):
+                    state = None
+                if state and state["pieces"]["in_flight"] >= 1 and state["pieces"]["done"] >= wait_for_pieces:
+                    break
+                time.sleep(0.01)
             process.kill()
-    assert not job_done(root)
-    run_to_completion(root, log)
-    check_finished_like_clean(root, clean_run)
+            process.wait(timeout=10)
+        finally:
+            if process.poll() is None:
+                process.kill()
+        assert not job_done(root)
+        at_kill, pieces_at_kill = (server.settled_stats() if server else None), journaled(root)
+        run_to_completion(root, log, engine, server)
+        check_finished_like_clean(root, clean_runs[engine])
+        if server is not None:
+            check_nothing_journaled_was_sent_again(at_kill, server.stats(), pieces_at_kill)
+    finally:
+        if server is not None:
+            server.stop()

@@ -195,13 +195,16 @@ async def test_the_deadline_starts_when_the_first_slot_is_granted(autojump_clock
     gate = Gate(max_concurrent=1)
     attempt = Flaky(RetryableError("busy"), takes=4)
 
+    holding = trio.Event()
+
     async def other_work() -> None:
         async with gate.slot():
+            holding.set()
             await trio.sleep(100)
 
     async with trio.open_nursery() as nursery:
         nursery.start_soon(other_work)
-        await trio.sleep(0)
+        await holding.wait()  # (Trio does not promise that start_soon runs it first)
         assert await call_with_retries(attempt, gate=gate, policy=RetryPolicy(retry_timeout=10), jitter=lambda: 0.0) == "ok"
     assert attempt.times == [100, 105]
 

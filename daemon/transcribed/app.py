@@ -230,9 +230,33 @@ async def run_daemon(
     engine_factory: EngineFactory = open_engine,
     task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
 ) -> None:
-    """Run until SIGTERM/SIGINT (or `shutdown` is set): drain, journal, return."""
+    """Run until SIGTERM/SIGINT (or `shutdown` is set): drain, journal, return.
+
+    Signals are taken from the very start: one during start-up (loading models, resuming) stops
+    at once; once serving, the first drains and a second stops at once.
+    """
     notifier = notifier or Notifier()
     shutdown = trio.Event() if shutdown is None else shutdown
+    ready = trio.Event()
+    with trio.CancelScope() as everything:
+        async with trio.open_nursery() as guard:
+            if install_signal_handlers:
+                await guard.start(_serve_signals, shutdown, ready, everything)
+            await _serve(config, watcher, now, notifier, shutdown, ready, engine_factory, task_status)
+            guard.cancel_scope.cancel()
+    logger.info("daemon.stopped")
+
+
+async def _serve(
+    config: Config,
+    watcher: Watcher,
+    now: Callable[[], datetime],
+    notifier: Notifier,
+    shutdown: trio.Event,
+    ready: trio.Event,
+    engine_factory: EngineFactory,
+    task_status: trio.TaskStatus[None],
+) -> None:
     prepare_folders(config)
     folders = config.folders
     stems = StemRegistry(folders["outbox"])
@@ -248,8 +272,6 @@ async def run_daemon(
             if notifier.watchdog_interval:
                 root.start_soon(_serve_watchdog, notifier, notifier.watchdog_interval)
             async with trio.open_nursery() as workers:
-                if install_signal_handlers:
-                    root.start_soon(_serve_signals, shutdown, workers.cancel_scope, notifier)
                 send, receive = trio.open_memory_channel[Journal](0)
                 async with receive:
                     for _ in range(config.job_workers):
@@ -259,6 +281,7 @@ async def run_daemon(
                     await intake.start(partial(serve_intake, watcher=watcher), config, send.clone(), claimer)
                     logger.info("daemon.ready", root=str(config.root), engine=engine.name, resumed=len(resumable), inbox=str(folders["inbox"]))
                     notifier.ready(f"watching {folders['inbox']}")
+                    ready.set()
                     task_status.started()
                     await shutdown.wait()
                     services.draining.set()
@@ -267,7 +290,6 @@ async def run_daemon(
                     intake.cancel_scope.cancel()
                 workers.cancel_scope.deadline = trio.current_time() + config.drain_timeout
             root.cancel_scope.cancel()
-    logger.info("daemon.stopped")
 
 
 async def _feed(send: trio.MemorySendChannel[Journal], journals: list[Journal]) -> None:
@@ -277,15 +299,22 @@ async def _feed(send: trio.MemorySendChannel[Journal], journals: list[Journal]) 
             await send.send(journal)
 
 
-async def _serve_signals(shutdown: trio.Event, workers: trio.CancelScope, notifier: Notifier) -> None:
+async def _serve_signals(
+    shutdown: trio.Event,
+    ready: trio.Event,
+    everything: trio.CancelScope,
+    task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
+) -> None:
     with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+        task_status.started()
         async for signum in signals:
-            if not shutdown.is_set():
-                logger.info("daemon.signal", signal=signal.Signals(signum).name, action="drain")
+            name = signal.Signals(signum).name
+            if ready.is_set() and not shutdown.is_set():
+                logger.info("daemon.signal", signal=name, action="drain")
                 shutdown.set()
             else:
-                logger.info("daemon.signal", signal=signal.Signals(signum).name, action="stop now")
-                workers.cancel()
+                logger.info("daemon.signal", signal=name, action="stop now")
+                everything.cancel()
 
 
 async def _serve_watchdog(notifier: Notifier, interval: float) -> None:

@@ -33,8 +33,6 @@ from transcribed.planning import SAMPLE_RATE, PieceLimits
 logger = structlog.get_logger()
 
 _START_TIMEOUT = 120.0
-# A worker whose resident memory passed this is replaced after its current piece.
-_RECYCLE_RSS = 1_200 * 1024 * 1024
 
 
 def default_model_dir() -> Path:
@@ -90,11 +88,17 @@ class _Worker:
         self.process = process
         self._stdin = process.stdin
         self._lines = _LineReader(process.stdout)
-        self.rss = 0
 
     @classmethod
     async def start(cls, model_dir: Path) -> _Worker:
-        env = child_environment() | {"MOONSHINE_ORT_SINGLE_THREAD": "1"}
+        env = child_environment() | {
+            # one ONNX thread per worker: its default threads burn ~70 % more CPU for nothing
+            "MOONSHINE_ORT_SINGLE_THREAD": "1",
+            # The runtime mallocs and frees large tensors through mmap, faulting in ~10 million
+            # fresh pages per 44 s of audio; huge pages cut the worker's CPU time by 55-63 %
+            # with the same transcripts and peak memory (bench/engine_parallelism.py).
+            "GLIBC_TUNABLES": "glibc.malloc.hugetlb=1",
+        }
         if "PYTHONPATH" in os.environ:
             env["PYTHONPATH"] = os.environ["PYTHONPATH"]
         process = await trio.lowlevel.open_process(
@@ -139,7 +143,6 @@ class _Worker:
         message = await self._read_message()
         if "error" in message:
             raise PermanentError(f"the engine failed on this piece: {message['error']}")
-        self.rss = int(message.get("rss", 0))
         return [
             Segment(start=float(start), end=float(start) + float(duration), text=str(text))
             for start, duration, text in message["lines"]
@@ -159,79 +162,90 @@ class _Worker:
 
 
 class EmbeddedEngine:
-    """A pool of Moonshine workers; `transcribe` borrows one for the length of a piece."""
+    """A pool of Moonshine worker processes, each used for exactly one piece.
+
+    The runtime keeps process-wide state from one transcription to the next (measured: the same
+    piece comes out with line starts 32 ms apart, sometimes a different word, depending on
+    which pieces went before, even through a fresh Transcriber or stream in the same process),
+    while the first piece a new process transcribes always comes out the same. So each worker
+    transcribes one piece and is replaced, the replacement loading in the background while the
+    others work: transcripts are reproducible, and a resumed job equals an uninterrupted one.
+    """
 
     name = "embedded"
     model = "moonshine-base-en"
 
-    def __init__(self, config: EmbeddedConfig, model_dir: Path, workers: list[_Worker]) -> None:
+    def __init__(self, config: EmbeddedConfig, model_dir: Path, count: int) -> None:
         self.limits = PieceLimits(
             target_seconds=config.piece_target_seconds, max_seconds=config.piece_max_seconds
         )
-        self.capacity = len(workers)
+        self.capacity = count
         self._model_dir = model_dir
-        # A slot holding None needs a fresh worker (its last one died or was recycled).
-        self._idle_send, self._idle_receive = trio.open_memory_channel[_Worker | None](len(workers))
-        for worker in workers:
-            self._idle_send.send_nowait(worker)
+        self._idle_send, self._idle_receive = trio.open_memory_channel[_Worker](count)
+        # used workers go back to the replacer, which reaps them and starts fresh ones
+        self._used_send, self._used_receive = trio.open_memory_channel[_Worker](count)
 
     async def transcribe(self, audio: np.ndarray) -> PieceResult:
         worker = await self._idle_receive.receive()
-        healthy = False
         try:
-            if worker is None:
-                worker = await _Worker.start(self._model_dir)
             with trio.fail_after(60 + 5 * len(audio) / SAMPLE_RATE):
-                segments = await worker.transcribe(audio)
-            healthy = True
-            return PieceResult(segments=segments)
+                return PieceResult(segments=await worker.transcribe(audio))
         except trio.TooSlowError:
             raise RetryableError("an engine worker took far too long on one piece") from None
         finally:
-            if worker is not None and (not healthy or worker.rss > _RECYCLE_RSS):
-                if healthy:
-                    logger.info("engine.worker_recycled", rss_mib=worker.rss >> 20)
-                worker.kill()
-                worker = None
-            self._idle_send.send_nowait(worker)
+            worker.kill()
+            self._used_send.send_nowait(worker)
 
-    async def aclose(self) -> None:
-        workers = []
+    async def serve_replacer(self, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Reap each used worker and start a fresh one in its place, until cancelled."""
+
+        async def replace(used: _Worker) -> None:
+            await used.aclose()
+            delay = 1.0
+            while True:
+                try:
+                    fresh = await _Worker.start(self._model_dir)
+                except (PermanentError, RetryableError) as exc:
+                    logger.error("engine.worker_start_failed", error=exc.reason, retry_in=delay)
+                    await trio.sleep(delay)
+                    delay = min(60.0, delay * 2)
+                    continue
+                self._idle_send.send_nowait(fresh)
+                return
+
+        async with trio.open_nursery() as nursery:
+            task_status.started()
+            async for used in self._used_receive:
+                nursery.start_soon(replace, used)
+
+    def kill_idle(self) -> None:
         while True:
             try:
-                worker = self._idle_receive.receive_nowait()
+                self._idle_receive.receive_nowait().kill()
             except trio.WouldBlock:
-                break
-            if worker is not None:
-                workers.append(worker)
-        for worker in workers:
-            await worker.aclose()
+                return
 
 
 @asynccontextmanager
 async def open_embedded_engine(config: EmbeddedConfig) -> AsyncIterator[EmbeddedEngine]:
-    """Start every worker (so a missing model stops start-up, not the first job) and stop them
-    all when the block ends."""
+    """Start every worker (so a missing model stops start-up, not the first job), keep them
+    replaced while the block runs, and stop them all when it ends."""
     model_dir = config.model_dir or default_model_dir()
     check_model_dir(model_dir)
     count = worker_count(config)
-    workers: list[_Worker] = []
+    engine = EmbeddedEngine(config, model_dir, count)
 
     async def start_one() -> None:
-        workers.append(await _Worker.start(model_dir))
+        engine._idle_send.send_nowait(await _Worker.start(model_dir))
 
     try:
         async with trio.open_nursery() as nursery:
             for _ in range(count):
                 nursery.start_soon(start_one)
-    except BaseException:
-        for worker in workers:
-            worker.kill()
-        raise
-    engine = EmbeddedEngine(config, model_dir, workers)
-    logger.info("engine.ready", engine=engine.name, model=engine.model, workers=count)
-    try:
-        yield engine
+        logger.info("engine.ready", engine=engine.name, model=engine.model, workers=count)
+        async with trio.open_nursery() as nursery:
+            await nursery.start(engine.serve_replacer)
+            yield engine
+            nursery.cancel_scope.cancel()
     finally:
-        with trio.CancelScope(shield=True):
-            await engine.aclose()
+        engine.kill_idle()

@@ -1,13 +1,13 @@
 """A Moonshine worker process: loads the model once, then transcribes pieces sent on stdin.
 
 Run by the embedded engine as `python -m transcribed.engines.moonshine_worker MODEL_DIR`, never
-by hand. The native runtime lives here, not in the daemon: a crash or a leak in it costs one
+by hand; the engine uses each worker for one piece (see EmbeddedEngine). The native runtime lives here, not in the daemon: a crash or a leak in it costs one
 worker (restarted by the engine), and the daemon's event loop never waits on native code.
 
 Protocol (stdin/stdout, one request at a time):
   worker → daemon, once:  a JSON line {"ready": true} or {"error": "..."}
   daemon → worker:        8 bytes little-endian sample count N, then N int16 samples (16 kHz mono)
-  worker → daemon:        a JSON line {"lines": [[start, duration, text], ...], "rss": bytes}
+  worker → daemon:        a JSON line {"lines": [[start, duration, text], ...]}
                           or {"error": "..."}
 EOF on stdin ends the worker.
 """
@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import ctypes
 import json
-import os
 import sys
 from typing import Any, BinaryIO
 
@@ -38,14 +37,6 @@ def _read_exact(stream: BinaryIO, size: int) -> bytes | None:
             return None
         data.extend(chunk)
     return bytes(data)
-
-
-def _rss_bytes() -> int:
-    try:
-        with open("/proc/self/statm") as handle:
-            return int(handle.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
-    except OSError:
-        return 0
 
 
 def _transcribe(transcriber: Any, audio: np.ndarray) -> list[list[Any]]:
@@ -101,7 +92,7 @@ def main(argv: list[str]) -> int:
         except Exception as exc:
             _reply(stdout, {"error": f"{type(exc).__name__}: {exc}"})
             continue
-        _reply(stdout, {"lines": lines, "rss": _rss_bytes()})
+        _reply(stdout, {"lines": lines})
 
 
 if __name__ == "__main__":

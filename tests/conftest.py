@@ -3,15 +3,18 @@
 from __future__ import annotations
 
 import importlib.util
+import json
 import subprocess
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
 import trio
 
+from transcribed.app import run_daemon
 from transcribed.config import Config, load_config
 from transcribed.engines.base import PieceResult, Segment
 from transcribed.errors import PermanentError, RetryableError
@@ -116,9 +119,61 @@ def factory_for(engine: object) -> Callable[[Config], object]:
 
 
 def make_config(root: Path, **flags: object) -> Config:
-    base: dict[str, object] = {"root": str(root), "settle_interval": "0.1", "rescan_interval": "0.5", "log_level": "warning"}
+    base: dict[str, object] = {
+        "root": str(root),
+        "settle_interval": "0.1",
+        "rescan_interval": "0.5",
+        "log_level": "warning",
+        "min_free_space_mb": "0",  # tests must not depend on the machine's free disk
+    }
     base.update({k: str(v) for k, v in flags.items()})
     return load_config(environ={}, flags=base)
+
+
+WAIT = 30
+
+
+@asynccontextmanager
+async def running(config: Config, engine: object, **options: Any) -> AsyncIterator[trio.Event]:
+    shutdown = trio.Event()
+    async with trio.open_nursery() as nursery:
+        await nursery.start(
+            lambda task_status: run_daemon(
+                config,
+                engine_factory=factory_for(engine),
+                install_signal_handlers=False,
+                shutdown=shutdown,
+                task_status=task_status,
+                **options,
+            )
+        )
+        try:
+            yield shutdown
+        finally:
+            shutdown.set()
+
+
+async def wait_for(path: Path) -> Path:
+    with trio.fail_after(WAIT):
+        while not path.exists():
+            await trio.sleep(0.05)
+    return path
+
+
+async def wait_until(check: Callable[[], bool]) -> None:
+    with trio.fail_after(WAIT):
+        while not check():
+            await trio.sleep(0.05)
+
+
+def progress(root: Path, stem: str) -> dict:
+    return json.loads((root / "outbox" / f"{stem}.progress.json").read_text())
+
+
+async def finished(root: Path, stem: str) -> dict:
+    path = root / "outbox" / f"{stem}.progress.json"
+    await wait_until(lambda: path.exists() and json.loads(path.read_text())["state"] in ("done", "failed"))
+    return progress(root, stem)
 
 
 __all__ = ["BECKETT", "TWO_CITIES", "FakeEngine", "PermanentError", "RetryableError", "factory_for", "make_config", "make_media"]

@@ -30,7 +30,7 @@ pytestmark = pytest.mark.slow
 
 TESTS = Path(__file__).parent
 OUTPUTS = ("recording.txt", "recording.srt", "recording.vtt", "recording.json")
-COMMON_FLAGS = ["--settle-interval", "0.2", "--rescan-interval", "0.5", "--log-format", "json"]
+COMMON_FLAGS = ["--settle-interval", "0.2", "--rescan-interval", "0.5", "--log-format", "json", "--min-free-space-mb", "0"]
 ENGINE_FLAGS = {
     "embedded": ["--embedded-piece-target-seconds", "12", "--embedded-piece-max-seconds", "20"],
     "openai": ["--engine", "openai", "--openai-piece-target-seconds", "5", "--openai-piece-max-seconds", "10"],

@@ -6,63 +6,15 @@ from __future__ import annotations
 import json
 import os
 import shutil
-from collections.abc import AsyncIterator, Callable
-from contextlib import asynccontextmanager
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 import trio
 
-from conftest import FakeEngine, factory_for, make_config
-from transcribed.app import run_daemon
-from transcribed.config import Config
+from conftest import FakeEngine, finished, make_config, progress, running, wait_for, wait_until
 from transcribed.errors import PermanentError, RetryableError
 from transcribed.journal import JobRecord, Journal
-
-WAIT = 30
-
-
-@asynccontextmanager
-async def running(config: Config, engine: object) -> AsyncIterator[trio.Event]:
-    shutdown = trio.Event()
-    async with trio.open_nursery() as nursery:
-        await nursery.start(
-            lambda task_status: run_daemon(
-                config,
-                engine_factory=factory_for(engine),
-                install_signal_handlers=False,
-                shutdown=shutdown,
-                task_status=task_status,
-            )
-        )
-        try:
-            yield shutdown
-        finally:
-            shutdown.set()
-
-
-async def wait_for(path: Path) -> Path:
-    with trio.fail_after(WAIT):
-        while not path.exists():
-            await trio.sleep(0.05)
-    return path
-
-
-async def wait_until(check: Callable[[], bool]) -> None:
-    with trio.fail_after(WAIT):
-        while not check():
-            await trio.sleep(0.05)
-
-
-def progress(root: Path, stem: str) -> dict:
-    return json.loads((root / "outbox" / f"{stem}.progress.json").read_text())
-
-
-async def finished(root: Path, stem: str) -> dict:
-    path = root / "outbox" / f"{stem}.progress.json"
-    await wait_until(lambda: path.exists() and json.loads(path.read_text())["state"] in ("done", "failed"))
-    return progress(root, stem)
-
 
 async def test_a_dropped_recording_becomes_four_transcripts_and_moves_to_done(tmp_path: Path, media: Callable[..., Path], fake_engine: FakeEngine) -> None:
     """An mp3 dropped into the inbox ends as txt/srt/vtt/json in the outbox, the source in done/,

@@ -56,7 +56,7 @@ def test_the_daemon_process_transcribes_real_speech_and_stops_cleanly_on_sigterm
     make_media(root / "inbox" / "beckett.mp3", BECKETT)
     log = (tmp_path / "daemon.log").open("wb")
     process = subprocess.Popen(
-        [*TRANSCRIBED, "run", "--root", str(root), "--settle-interval", "0.3", "--rescan-interval", "1", "--log-format", "json"],
+        [*TRANSCRIBED, "run", "--root", str(root), "--settle-interval", "0.3", "--rescan-interval", "1", "--log-format", "json", "--min-free-space-mb", "0"],
         stdin=subprocess.DEVNULL,
         stdout=log,
         stderr=log,

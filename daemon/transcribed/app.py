@@ -228,6 +228,7 @@ async def run_daemon(
     install_signal_handlers: bool = True,
     shutdown: trio.Event | None = None,
     engine_factory: EngineFactory = open_engine,
+    free_space: Callable[[Path], int] = lambda path: shutil.disk_usage(path).free,
     task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Run until SIGTERM/SIGINT (or `shutdown` is set): drain, journal, return.
@@ -242,7 +243,7 @@ async def run_daemon(
         async with trio.open_nursery() as guard:
             if install_signal_handlers:
                 await guard.start(_serve_signals, shutdown, ready, everything)
-            await _serve(config, watcher, now, notifier, shutdown, ready, engine_factory, task_status)
+            await _serve(config, watcher, now, notifier, shutdown, ready, engine_factory, free_space, task_status)
             guard.cancel_scope.cancel()
     logger.info("daemon.stopped")
 
@@ -255,6 +256,7 @@ async def _serve(
     shutdown: trio.Event,
     ready: trio.Event,
     engine_factory: EngineFactory,
+    free_space: Callable[[Path], int],
     task_status: trio.TaskStatus[None],
 ) -> None:
     prepare_folders(config)
@@ -264,7 +266,14 @@ async def _serve(
     board = ProgressBoard(folders["outbox"], now=now)
 
     async with engine_factory(config) as engine:
-        services = Services(config=config, engine=engine, gate=gate_for(config, engine), board=board)
+        services = Services(
+            config=config,
+            engine=engine,
+            gate=gate_for(config, engine),
+            board=board,
+            free_space=free_space,
+            watched_folders=(folders["work"], folders["outbox"]),
+        )
         daemon = Daemon(config, services, stems)
         claimer = Claimer(config, stems, now=now)
         async with trio.open_nursery() as root:
@@ -278,7 +287,12 @@ async def _serve(
                         workers.start_soon(daemon.serve_job_worker, receive.clone())
                 async with send, trio.open_nursery() as intake:
                     intake.start_soon(_feed, send.clone(), resumable)
-                    await intake.start(partial(serve_intake, watcher=watcher), config, send.clone(), claimer)
+                    await intake.start(
+                        partial(serve_intake, watcher=watcher, short_of_space=services.short_of_space),
+                        config,
+                        send.clone(),
+                        claimer,
+                    )
                     logger.info("daemon.ready", root=str(config.root), engine=engine.name, resumed=len(resumable), inbox=str(folders["inbox"]))
                     notifier.ready(f"watching {folders['inbox']}")
                     ready.set()

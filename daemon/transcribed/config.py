@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from transcribed.errors import ConfigError
+from transcribed.media import MediaLimits
 
 ENV_PREFIX = "TRANSCRIBED_"
 FAILPOINT_ENV = "TRANSCRIBED_FAILPOINT"  # a test hook (failpoints.py), not configuration
@@ -159,6 +160,19 @@ class Config:
         "refuse recordings whose decoded audio is shorter than this", 0.2, min=0.0
     )
     probe_timeout: float = _key("seconds ffprobe may take on one file", 60.0, min=1.0)
+    media_cpu_seconds: int = _key(
+        "CPU seconds one ffprobe/ffmpeg child may use on a file before it is killed",
+        3600,
+        min=10,
+    )
+    media_memory_mb: int = _key(
+        "address space one ffprobe/ffmpeg child may use, in MiB", 1024, min=128
+    )
+    min_free_space_mb: int = _key(
+        "pause intake (and jobs before they write) while work/ or outbox/ has less free space",
+        512,
+        min=0,
+    )
     decode_stall_timeout: float = _key(
         "fail a job whose decoder produces nothing for this long", 120.0, min=1.0
     )
@@ -178,6 +192,10 @@ class Config:
     )
     embedded: EmbeddedConfig = field(default_factory=EmbeddedConfig)
     openai: OpenAIConfig = field(default_factory=OpenAIConfig)
+
+    @property
+    def media_limits(self) -> MediaLimits:
+        return MediaLimits(cpu_seconds=self.media_cpu_seconds, memory_bytes=self.media_memory_mb << 20)
 
     def folder(self, name: str) -> Path:
         """The absolute path of one of inbox/outbox/work/done/failed."""

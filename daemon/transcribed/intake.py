@@ -326,16 +326,19 @@ async def serve_intake(
     claimer: Claimer,
     *,
     watcher: Watcher = watch_with_watchfiles,
+    short_of_space: Callable[[], str | None] = lambda: None,
     task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Scan, watch and rescan the inbox forever, sending each claimed job down `claimed`.
 
     Sending blocks until a job worker is free, so files wait in the inbox (not in work/) while
-    the daemon is busy: backpressure, and other daemons sharing the inbox can take them.
+    the daemon is busy: backpressure, and other daemons sharing the inbox can take them. While
+    `short_of_space()` names a folder, nothing is claimed (files stay in the inbox, untouched).
     """
     inbox = config.folder("inbox")
     tracker = SettleTracker(config.settle_interval)
     poke = trio.Event()
+    paused_for: str | None = None
 
     async def serve_watcher(task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         nonlocal poke
@@ -356,7 +359,15 @@ async def serve_intake(
         while True:
             poke = trio.Event()
             listing = await trio.to_thread.run_sync(list_inbox, inbox)
-            for name in tracker.observe(listing.keys(), trio.current_time()):
+            short = short_of_space()
+            if short != paused_for:
+                if short:
+                    logger.warning("intake.paused", reason="disk", folder=short)
+                else:
+                    logger.info("intake.resumed")
+                paused_for = short
+            settled = [] if short else tracker.observe(listing.keys(), trio.current_time())
+            for name in settled:
                 tracker.forget(name)
                 if name in listing.oddities:
                     kind = listing.oddities[name][1]

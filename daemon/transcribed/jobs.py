@@ -8,6 +8,8 @@ decides what happens to the source.
 
 from __future__ import annotations
 
+import shutil
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -43,6 +45,36 @@ class Services:
     # Set when the daemon stops: jobs cut no new pieces, let those in flight finish, and end
     # with JobInterrupted (they resume at the next start).
     draining: trio.Event = field(default_factory=trio.Event)
+    # Free bytes on the filesystem holding a folder (injected so tests can fill the disk).
+    free_space: Callable[[Path], int] = field(default=lambda path: shutil.disk_usage(path).free)
+    # Where the job writes (journal and outputs); empty for the one-shot command's temp dirs.
+    watched_folders: tuple[Path, ...] = ()
+
+    def short_of_space(self) -> str | None:
+        """The folder whose filesystem has less than min_free_space_mb free, if any."""
+        needed = self.config.min_free_space_mb << 20
+        for folder in self.watched_folders:
+            if self.free_space(folder) < needed:
+                return str(folder)
+        return None
+
+
+DISK_POLL_INTERVAL = 5.0
+
+
+async def wait_for_disk(services: Services, progress: JobProgress) -> None:
+    """Before a job writes: while the disk is short, wait (state `waiting`, reason disk) rather
+    than fail or leave half a file; go on when space returns."""
+    folder = services.short_of_space()
+    if folder is None:
+        return
+    state = progress.state
+    services.board.update(progress, state="waiting", waiting_reason=f"disk: less than {services.config.min_free_space_mb} MiB free under {folder}")
+    logger.warning("job.waiting_for_disk", job_id=progress.job_id, folder=folder)
+    while services.short_of_space() is not None:
+        await trio.sleep(DISK_POLL_INTERVAL)
+    services.board.update(progress, state=state, waiting_reason=None)
+    logger.info("job.disk_available", job_id=progress.job_id)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -90,7 +122,7 @@ async def run_job(
             hint="the upload or copy probably failed; drop the recording again",
             code="empty",
         )
-    info = await probe(source, timeout=config.probe_timeout)
+    info = await probe(source, timeout=config.probe_timeout, limits=config.media_limits)
     failpoint("job.probed")
     log.info("job.probed", format=info.format_name, codec=info.audio_codec, claimed_seconds=info.claimed_duration)
     if info.claimed_duration is not None and 0 < info.claimed_duration <= config.max_audio_seconds:
@@ -111,6 +143,7 @@ async def run_job(
     retry_policy = retry_policy_for(config, services.engine)
 
     async def finish_piece(span: PieceSpan, result: PieceResult) -> None:
+        await wait_for_disk(services, progress)
         await trio.to_thread.run_sync(journal.record_piece, span, result)
         results[span.index] = (span, result)
         board.update(
@@ -165,7 +198,10 @@ async def run_job(
     async with trio.open_nursery() as nursery:
         try:
             async with open_pcm_stream(
-                source, max_seconds=config.max_audio_seconds, stall_timeout=config.decode_stall_timeout
+                source,
+                max_seconds=config.max_audio_seconds,
+                stall_timeout=config.decode_stall_timeout,
+                limits=config.media_limits,
             ) as blocks:
                 async for block in blocks:
                     for piece in cutter.feed(block):
@@ -211,6 +247,7 @@ async def run_job(
         "audio_seconds": round(total_seconds, 3),
         "warnings": warnings,
     }
+    await wait_for_disk(services, progress)
     outputs = await trio.to_thread.run_sync(write_outputs, output_dir, record.stem, segments, metadata)
     cost = sum(result.cost for _, result in results.values())
     return JobOutcome(
@@ -239,7 +276,7 @@ async def _check_cost(services: Services, source: Path, progress: JobProgress, p
     config = services.config
     samples = 0
     try:
-        async with open_pcm_stream(source, max_seconds=config.max_audio_seconds, stall_timeout=config.decode_stall_timeout) as blocks:
+        async with open_pcm_stream(source, max_seconds=config.max_audio_seconds, stall_timeout=config.decode_stall_timeout, limits=config.media_limits) as blocks:
             async for block in blocks:
                 samples += len(block)
     except DecodeError as exc:

@@ -51,9 +51,17 @@ class JobRecord:
         return dataclasses.asdict(self)
 
 
+def display_name(name: bytes) -> str:
+    """A file name made safe to print, log and put in JSON: undecodable bytes and control
+    characters (newlines, ANSI escapes) appear as backslash escapes, so a name cannot forge a
+    log line or repaint a terminal."""
+    text = name.decode("utf-8", "backslashreplace")
+    return "".join(ch if ch.isprintable() else ascii(ch)[1:-1] for ch in text)
+
+
 def encode_name(name: bytes) -> tuple[str, str]:
     """(printable display name, base64 of the exact bytes) of a file name."""
-    return name.decode("utf-8", "backslashreplace"), base64.b64encode(name).decode("ascii")
+    return display_name(name), base64.b64encode(name).decode("ascii")
 
 
 class Journal:

@@ -8,9 +8,11 @@ crash of ffmpeg on a hostile file is a failed child process, never a crashed dae
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import os
+import shutil
 import subprocess
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -59,6 +61,39 @@ def _clean_stderr(raw: bytes) -> str:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class MediaLimits:
+    """Kernel limits on every ffprobe/ffmpeg child reading an untrusted file (set with
+    util-linux prlimit, not preexec_fn, which is unsafe with threads): CPU seconds, address
+    space, open files, and a file size of 0, so a subverted decoder cannot write to disk (its
+    output is a pipe)."""
+
+    cpu_seconds: int = 3600
+    memory_bytes: int = 1 << 30
+    open_files: int = 64
+
+    def confine(self, command: list[str]) -> list[str]:
+        prlimit = shutil.which("prlimit")
+        if prlimit is None:  # util-linux is essential on Debian; elsewhere, say so once
+            _warn_unconfined()
+            return command
+        return [
+            prlimit,
+            f"--cpu={self.cpu_seconds}",
+            f"--as={self.memory_bytes}",
+            f"--nofile={self.open_files}",
+            "--fsize=0",
+            "--core=0",
+            "--",
+            *command,
+        ]
+
+
+@functools.cache
+def _warn_unconfined() -> None:
+    logger.warning("media.unconfined", reason="prlimit (util-linux) not found; ffmpeg runs without resource limits")
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class ProbeResult:
     """What ffprobe says about a file. Durations here are claims; only decoding proves them."""
 
@@ -68,7 +103,7 @@ class ProbeResult:
     audio_codec: str | None
 
 
-async def probe(path: Path, *, timeout: float) -> ProbeResult:
+async def probe(path: Path, *, timeout: float, limits: MediaLimits = MediaLimits()) -> ProbeResult:
     """Ask ffprobe what the file is; RejectedFileError if it is not a recording with audio."""
     command = [
         "ffprobe",
@@ -84,7 +119,7 @@ async def probe(path: Path, *, timeout: float) -> ProbeResult:
     try:
         with trio.fail_after(timeout):
             result = await trio.run_process(
-                command,
+                limits.confine(command),
                 capture_stdout=True,
                 capture_stderr=True,
                 check=False,
@@ -141,7 +176,7 @@ class DecodeError(JobError):
 
 @asynccontextmanager
 async def open_pcm_stream(
-    path: Path, *, max_seconds: float, stall_timeout: float
+    path: Path, *, max_seconds: float, stall_timeout: float, limits: MediaLimits = MediaLimits()
 ) -> AsyncIterator[AsyncIterator[np.ndarray]]:
     """Decode the first audio track to 16 kHz mono int16, yielded as arrays as ffmpeg makes them.
 
@@ -177,7 +212,7 @@ async def open_pcm_stream(
         "pipe:1",
     ]
     process = await trio.lowlevel.open_process(
-        command,
+        limits.confine(command),
         stdin=subprocess.DEVNULL,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,

@@ -1,4 +1,5 @@
-from transcribed.cli import main
 import sys
+
+from transcribed.cli import main
 
 sys.exit(main())

@@ -1,12 +1,12 @@
 """The daemon: builds the shared services and owns the root nursery.
 
-    root nursery
-      ├─ progress writer        the single writer of progress files
-      ├─ systemd notifier       READY=1 once serving, WATCHDOG=1 while the loop is healthy
-      ├─ signal watcher         first SIGTERM/SIGINT drains, a second one stops at once
-      └─ workers nursery
-           ├─ job workers × N   one job each at a time; the job boundary records the outcome
-           └─ intake nursery    resumed jobs first, then scan + watch + rescan → claimed jobs
+root nursery
+  ├─ progress writer        the single writer of progress files
+  ├─ systemd notifier       READY=1 once serving, WATCHDOG=1 while the loop is healthy
+  ├─ signal watcher         first SIGTERM/SIGINT drains, a second one stops at once
+  └─ workers nursery
+       ├─ job workers × N   one job each at a time; the job boundary records the outcome
+       └─ intake nursery    resumed jobs first, then scan + watch + rescan → claimed jobs
 """
 
 from __future__ import annotations
@@ -16,10 +16,10 @@ import json
 import os
 import shutil
 import signal
-from functools import partial
 from collections.abc import Callable
 from contextlib import AbstractAsyncContextManager
 from datetime import datetime
+from functools import partial
 from pathlib import Path
 
 import structlog
@@ -30,7 +30,14 @@ from transcribed.config import Config
 from transcribed.engines import Engine, gate_for, open_engine
 from transcribed.errors import ConfigError, JobInterrupted, RejectedFileError, TranscribedError
 from transcribed.failpoints import failpoint
-from transcribed.intake import Claimer, StemRegistry, Watcher, recover_work, serve_intake, watch_with_watchfiles
+from transcribed.intake import (
+    Claimer,
+    StemRegistry,
+    Watcher,
+    recover_work,
+    serve_intake,
+    watch_with_watchfiles,
+)
 from transcribed.jobs import Services, job_summary, new_progress, run_job
 from transcribed.journal import JobRecord, Journal
 from transcribed.progress import JobProgress, ProgressBoard, isoformat, utc_now
@@ -148,19 +155,32 @@ class Daemon:
             if not finished or isinstance(failure, JobInterrupted):
                 # stopped by a signal: the job stays in work/ and resumes at the next start
                 self.services.board.update(
-                    progress, state="waiting", waiting_reason="daemon stopped; resumes at its next start"
+                    progress,
+                    state="waiting",
+                    waiting_reason="daemon stopped; resumes at its next start",
                 )
         seconds = round(trio.current_time() - started, 2)
         if isinstance(failure, JobInterrupted):
             record = dataclasses.replace(record, attempts=record.attempts - 1)
             await trio.to_thread.run_sync(journal.save, record)
-            log.info("job.interrupted", seconds=seconds, pieces_done=progress.pieces_done, source=record.display_name)
+            log.info(
+                "job.interrupted",
+                seconds=seconds,
+                pieces_done=progress.pieces_done,
+                source=record.display_name,
+            )
             return
         if failure is not None:
-            record = dataclasses.replace(record, state="failed", error=self._explain(record, failure, seconds))
+            record = dataclasses.replace(
+                record, state="failed", error=self._explain(record, failure, seconds)
+            )
         else:
-            record = dataclasses.replace(record, state="published", outputs=[p.name for p in outcome.outputs])
-            log.info("job.finished", outcome="done", seconds=seconds, **job_summary(record, outcome))
+            record = dataclasses.replace(
+                record, state="published", outputs=[p.name for p in outcome.outputs]
+            )
+            log.info(
+                "job.finished", outcome="done", seconds=seconds, **job_summary(record, outcome)
+            )
         await trio.to_thread.run_sync(journal.save, record)
         failpoint("job.concluded")
         await self._conclude(journal, record, progress)
@@ -170,11 +190,25 @@ class Daemon:
         log = logger.bind(job_id=record.job_id)
         if isinstance(error, TranscribedError):
             reason, hint, code = error.reason, error.hint, error.code
-            log.warning("job.finished", outcome="failed", error=code, reason=reason, seconds=seconds, source=record.display_name)
+            log.warning(
+                "job.finished",
+                outcome="failed",
+                error=code,
+                reason=reason,
+                seconds=seconds,
+                source=record.display_name,
+            )
         else:
             reason = f"internal error: {type(error).__name__}: {error}"
             hint, code = "this is a bug in transcribed; please report it with the log", "internal"
-            log.error("job.finished", outcome="failed", error=code, seconds=seconds, source=record.display_name, exc_info=error)
+            log.error(
+                "job.finished",
+                outcome="failed",
+                error=code,
+                seconds=seconds,
+                source=record.display_name,
+                exc_info=error,
+            )
         return {"error": code, "reason": reason, "what_to_do": hint}
 
     async def _conclude(self, journal: Journal, record: JobRecord, progress: JobProgress) -> None:
@@ -243,7 +277,17 @@ async def run_daemon(
         async with trio.open_nursery() as guard:
             if install_signal_handlers:
                 await guard.start(_serve_signals, shutdown, ready, everything)
-            await _serve(config, watcher, now, notifier, shutdown, ready, engine_factory, free_space, task_status)
+            await _serve(
+                config,
+                watcher,
+                now,
+                notifier,
+                shutdown,
+                ready,
+                engine_factory,
+                free_space,
+                task_status,
+            )
             guard.cancel_scope.cancel()
     logger.info("daemon.stopped")
 
@@ -288,19 +332,29 @@ async def _serve(
                 async with send, trio.open_nursery() as intake:
                     intake.start_soon(_feed, send.clone(), resumable)
                     await intake.start(
-                        partial(serve_intake, watcher=watcher, short_of_space=services.short_of_space),
+                        partial(
+                            serve_intake, watcher=watcher, short_of_space=services.short_of_space
+                        ),
                         config,
                         send.clone(),
                         claimer,
                     )
-                    logger.info("daemon.ready", root=str(config.root), engine=engine.name, resumed=len(resumable), inbox=str(folders["inbox"]))
+                    logger.info(
+                        "daemon.ready",
+                        root=str(config.root),
+                        engine=engine.name,
+                        resumed=len(resumable),
+                        inbox=str(folders["inbox"]),
+                    )
                     notifier.ready(f"watching {folders['inbox']}")
                     ready.set()
                     task_status.started()
                     await shutdown.wait()
                     services.draining.set()
                     logger.info("daemon.stopping", drain_timeout=config.drain_timeout)
-                    notifier.stopping("draining running jobs", extend_timeout=config.drain_timeout + 30)
+                    notifier.stopping(
+                        "draining running jobs", extend_timeout=config.drain_timeout + 30
+                    )
                     intake.cancel_scope.cancel()
                 workers.cancel_scope.deadline = trio.current_time() + config.drain_timeout
             root.cancel_scope.cancel()

@@ -63,7 +63,11 @@ def remove_stale_temps(folder: Path) -> int:
     except FileNotFoundError:
         return 0
     for entry in entries:
-        if entry.name.startswith(".") and TEMP_MARKER in entry.name and entry.is_file(follow_symlinks=False):
+        if (
+            entry.name.startswith(".")
+            and TEMP_MARKER in entry.name
+            and entry.is_file(follow_symlinks=False)
+        ):
             Path(entry.path).unlink(missing_ok=True)
             removed += 1
     return removed

@@ -39,12 +39,16 @@ EXIT_CONFIG = 78
 
 def _add_config_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", type=Path, help="TOML configuration file")
-    group = parser.add_argument_group("configuration keys (each also TRANSCRIBED_<KEY> in the environment)")
+    group = parser.add_argument_group(
+        "configuration keys (each also TRANSCRIBED_<KEY> in the environment)"
+    )
     for spec in key_specs():
         group.add_argument(
             spec.flag,
             dest=f"key:{spec.dotted}",
-            metavar=spec.name.upper() if spec.choices is None else "{" + ",".join(spec.choices) + "}",
+            metavar=spec.name.upper()
+            if spec.choices is None
+            else "{" + ",".join(spec.choices) + "}",
             help=spec.help,
         )
 
@@ -130,7 +134,9 @@ def show_status(config: Config, *, as_json: bool) -> int:
         state = str(job.get("state"))
         if job.get("waiting_reason"):
             state += f" ({job['waiting_reason']})"
-        print(f"{state:<13} {job.get('percent', 0):>5}% {eta_text:>9}  {job.get('updated_at', ''):<20}  {job.get('source')!r}")
+        print(
+            f"{state:<13} {job.get('percent', 0):>5}% {eta_text:>9}  {job.get('updated_at', ''):<20}  {job.get('source')!r}"
+        )
     return 0
 
 
@@ -143,13 +149,19 @@ async def transcribe_files(config: Config, files: list[Path], out: Path | None) 
     board = ProgressBoard(None)
     failures = 0
     async with open_engine(config) as engine:
-        services = Services(config=config, engine=engine, gate=gate_for(config, engine), board=board)
+        services = Services(
+            config=config, engine=engine, gate=gate_for(config, engine), board=board
+        )
         limiter = trio.CapacityLimiter(config.job_workers)
 
         async def one(path: Path) -> None:
             nonlocal failures
             async with limiter:
-                ok = await _transcribe_one(services, path.absolute(), (out or path.parent).absolute())
+                ok = await _transcribe_one(
+                    services,
+                    path.absolute(),  # noqa: ASYNC240 - no I/O, just joins the working directory
+                    (out or path.parent).absolute(),
+                )
             failures += 0 if ok else 1
 
         async with trio.open_nursery() as nursery:
@@ -163,7 +175,7 @@ async def transcribe_files(config: Config, files: list[Path], out: Path | None) 
 
 
 async def _transcribe_one(services: Services, path: Path, out: Path) -> bool:
-    out.mkdir(parents=True, exist_ok=True)
+    out.mkdir(parents=True, exist_ok=True)  # noqa: ASYNC240 - once per file, before any work
     name = os.fsencode(path.name)
     display, name_b64 = encode_name(name)
     now = utc_now()
@@ -180,7 +192,9 @@ async def _transcribe_one(services: Services, path: Path, out: Path) -> bool:
         journal = Journal(Path(work))
         failure: BaseException | None = None
         try:
-            outcome = await run_job(services, journal, record, progress, output_dir=out, source=path)
+            outcome = await run_job(
+                services, journal, record, progress, output_dir=out, source=path
+            )
         except* TranscribedError as group:
             failure = _first_leaf(group)
     if failure is not None:
@@ -188,7 +202,9 @@ async def _transcribe_one(services: Services, path: Path, out: Path) -> bool:
         print(f"transcribed: {display}: {failure}", file=sys.stderr)
         return False
     services.board.update(progress, state="done")
-    logger.info("job.finished", job_id=record.job_id, outcome="done", **job_summary(record, outcome))
+    logger.info(
+        "job.finished", job_id=record.job_id, outcome="done", **job_summary(record, outcome)
+    )
     print(f"{display}: {out / record.stem}.txt (.srt .vtt .json)", file=sys.stderr)
     return True
 
@@ -208,7 +224,11 @@ async def _show_bars(board: ProgressBoard) -> None:
             for job_id, progress in list(board.jobs.items()):
                 if job_id not in bars:
                     bars[job_id] = display.add_task(progress.source, total=100)
-                display.update(bars[job_id], completed=progress.percent, description=f"{progress.source} [{progress.state}]")
+                display.update(
+                    bars[job_id],
+                    completed=progress.percent,
+                    description=f"{progress.source} [{progress.state}]",
+                )
             await trio.sleep(0.2)
 
 

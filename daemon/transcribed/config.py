@@ -60,13 +60,20 @@ class OpenAIConfig:
     `openai_api_key`, or `api_key_file`, and never from this file.
     """
 
-    base_url: str = _key("the API's base URL; POST {base_url}/audio/transcriptions", "https://api.openai.com/v1")
-    model: str = _key("the transcription model (whisper-1, gpt-4o-transcribe, gpt-4o-mini-transcribe...)", "whisper-1")
+    base_url: str = _key(
+        "the API's base URL; POST {base_url}/audio/transcriptions", "https://api.openai.com/v1"
+    )
+    model: str = _key(
+        "the transcription model (whisper-1, gpt-4o-transcribe, gpt-4o-mini-transcribe...)",
+        "whisper-1",
+    )
     api_key_file: Path | None = _key(
         "a file holding the API key, read when neither OPENAI_API_KEY nor a systemd credential is set",
         None,
     )
-    language: str | None = _key("the language spoken, ISO-639-1 (en, de...); default: detected", None)
+    language: str | None = _key(
+        "the language spoken, ISO-639-1 (en, de...); default: detected", None
+    )
     prompt: str | None = _key(
         "a glossary for the model: names and terms of the body holding the hearing", None
     )
@@ -97,7 +104,9 @@ class OpenAIConfig:
         min=10.0,
         max=1380.0,
     )
-    max_concurrent_requests: int = _key("requests in flight at once, all jobs together", 16, min=1, max=256)
+    max_concurrent_requests: int = _key(
+        "requests in flight at once, all jobs together", 16, min=1, max=256
+    )
     requests_per_minute: float = _key(
         "requests started per minute, all jobs together (your account's RPM limit)", 500.0, min=1.0
     )
@@ -106,7 +115,9 @@ class OpenAIConfig:
         "seconds one attempt may take: upload, transcription and answer", 300.0, min=1.0
     )
     max_attempts: int = _key("attempts per piece before its job fails", 8, min=1, max=100)
-    retry_delay: float = _key("first wait before a retry; doubles each time (with jitter)", 1.0, min=0.0)
+    retry_delay: float = _key(
+        "first wait before a retry; doubles each time (with jitter)", 1.0, min=0.0
+    )
     retry_max_delay: float = _key("the wait before a retry never grows past this", 30.0, min=0.0)
     retry_timeout: float = _key(
         "give up on a piece (and fail its job) after retrying it this long", 900.0, min=1.0
@@ -195,7 +206,9 @@ class Config:
 
     @property
     def media_limits(self) -> MediaLimits:
-        return MediaLimits(cpu_seconds=self.media_cpu_seconds, memory_bytes=self.media_memory_mb << 20)
+        return MediaLimits(
+            cpu_seconds=self.media_cpu_seconds, memory_bytes=self.media_memory_mb << 20
+        )
 
     def folder(self, name: str) -> Path:
         """The absolute path of one of inbox/outbox/work/done/failed."""
@@ -387,7 +400,9 @@ def load_config(
             raise ConfigError(f"unknown key {dotted!r}")
 
     sections = {
-        section: cls(**{k.split(".", 1)[1]: v for k, v in values.items() if k.startswith(section + ".")})
+        section: cls(
+            **{k.split(".", 1)[1]: v for k, v in values.items() if k.startswith(section + ".")}
+        )
         for section, cls in SECTIONS.items()
     }
     top = {k: v for k, v in values.items() if "." not in k}

@@ -97,12 +97,18 @@ class PieceCutter:
         )
         self._index += 1
         loudness = frame_loudness(audio)
-        smooth = np.convolve(loudness, np.ones(10) / 10, mode="valid") if len(loudness) >= 10 else loudness
+        smooth = (
+            np.convolve(loudness, np.ones(10) / 10, mode="valid")
+            if len(loudness) >= 10
+            else loudness
+        )
         silent = bool(len(smooth) == 0 or float(smooth.max()) < self._planner.threshold)
         return Piece(span=span, audio=audio, silent=silent)
 
 
-async def cut_stream(blocks: AsyncIterator[np.ndarray], limits: PieceLimits) -> AsyncIterator[Piece]:
+async def cut_stream(
+    blocks: AsyncIterator[np.ndarray], limits: PieceLimits
+) -> AsyncIterator[Piece]:
     """The pieces of a decoded stream, in order, each as soon as it is decided."""
     cutter = PieceCutter(limits)
     async for block in blocks:

@@ -80,7 +80,7 @@ class Gate:
 
     async def wait_for_spending(self) -> None:
         """Return once spending is allowed again (at once when it is not suspended)."""
-        while trio.current_time() < self._suspended_until:
+        while trio.current_time() < self._suspended_until:  # noqa: ASYNC110 - the deadline may move
             await trio.sleep_until(self._suspended_until)
 
     @asynccontextmanager

@@ -213,7 +213,9 @@ def list_inbox(inbox: Path) -> Listing:
 class Claimer:
     """Moves settled files from the inbox into work/JOB/ and writes their job records."""
 
-    def __init__(self, config: Config, stems: StemRegistry, *, now: Callable[[], datetime] = utc_now) -> None:
+    def __init__(
+        self, config: Config, stems: StemRegistry, *, now: Callable[[], datetime] = utc_now
+    ) -> None:
         self.inbox = config.folder("inbox")
         self.work = config.folder("work")
         self.failed = config.folder("failed")
@@ -228,7 +230,9 @@ class Claimer:
             info = source.lstat()
         except FileNotFoundError:
             return None
-        if (info.st_ino, info.st_size, info.st_mtime_ns) != expected or not stat.S_ISREG(info.st_mode):
+        if (info.st_ino, info.st_size, info.st_mtime_ns) != expected or not stat.S_ISREG(
+            info.st_mode
+        ):
             return None
         moment = self.now()
         job_id = new_job_id(moment)
@@ -267,7 +271,9 @@ class Claimer:
         stem = safe_stem(name)
         suffix = source_suffix(name)
         number, base = 1, stem
-        while (self.failed / f"{stem}.error.json").exists() or os.path.lexists(self.failed / f"{stem}{suffix}"):
+        while (self.failed / f"{stem}.error.json").exists() or os.path.lexists(
+            self.failed / f"{stem}{suffix}"
+        ):
             number += 1
             stem = f"{base}-{number}"
         reason, hint = ODDITIES[kind]
@@ -308,7 +314,11 @@ def recover_work(work: Path, stems: StemRegistry) -> list[Journal]:
         if not (journal.folder / JOB_FILE).is_file():
             # A claim that died before its record was written: the source was never moved
             # here (the record goes first), so nothing in it is worth keeping.
-            logger.warning("intake.stray_work_folder", folder=entry.path, contents=sorted(os.listdir(entry.path)))
+            logger.warning(
+                "intake.stray_work_folder",
+                folder=entry.path,
+                contents=sorted(os.listdir(entry.path)),
+            )
             journal.remove()
             continue
         record = journal.load()
@@ -347,8 +357,10 @@ async def serve_intake(
             try:
                 async for _ in watcher(inbox):
                     poke.set()
-            except Exception as exc:  # noqa: BLE001 - a watcher failure must not stop intake
-                logger.warning("intake.watcher_failed", error=repr(exc), retry_in=WATCHER_RESTART_DELAY)
+            except Exception as exc:
+                logger.warning(
+                    "intake.watcher_failed", error=repr(exc), retry_in=WATCHER_RESTART_DELAY
+                )
             poke.set()  # whatever was missed meanwhile, the rescan finds
             await trio.sleep(WATCHER_RESTART_DELAY)
 
@@ -385,4 +397,3 @@ async def serve_intake(
                 deadline = min(deadline, settle)
             with trio.move_on_at(deadline):
                 await poke.wait()
-

@@ -69,9 +69,13 @@ async def wait_for_disk(services: Services, progress: JobProgress) -> None:
     if folder is None:
         return
     state = progress.state
-    services.board.update(progress, state="waiting", waiting_reason=f"disk: less than {services.config.min_free_space_mb} MiB free under {folder}")
+    services.board.update(
+        progress,
+        state="waiting",
+        waiting_reason=f"disk: less than {services.config.min_free_space_mb} MiB free under {folder}",
+    )
     logger.warning("job.waiting_for_disk", job_id=progress.job_id, folder=folder)
-    while services.short_of_space() is not None:
+    while services.short_of_space() is not None:  # noqa: ASYNC110 - polling the filesystem, no event to wait on
         await trio.sleep(DISK_POLL_INTERVAL)
     services.board.update(progress, state=state, waiting_reason=None)
     logger.info("job.disk_available", job_id=progress.job_id)
@@ -115,7 +119,7 @@ async def run_job(
     log = logger.bind(job_id=record.job_id)
 
     board.update(progress, state="validating")
-    size = source.stat().st_size
+    size = source.stat().st_size  # noqa: ASYNC240 - one stat of a local file
     if size == 0:
         raise RejectedFileError(
             "the file is empty (0 bytes)",
@@ -124,7 +128,12 @@ async def run_job(
         )
     info = await probe(source, timeout=config.probe_timeout, limits=config.media_limits)
     failpoint("job.probed")
-    log.info("job.probed", format=info.format_name, codec=info.audio_codec, claimed_seconds=info.claimed_duration)
+    log.info(
+        "job.probed",
+        format=info.format_name,
+        codec=info.audio_codec,
+        claimed_seconds=info.claimed_duration,
+    )
     if info.claimed_duration is not None and 0 < info.claimed_duration <= config.max_audio_seconds:
         # only an estimate for progress: the decoded sample count is what counts
         board.update(progress, audio_seconds_total=info.claimed_duration)
@@ -133,7 +142,9 @@ async def run_job(
     if price_per_minute > 0:  # an engine that costs nothing does not pay for this pass
         await _check_cost(services, source, progress, price_per_minute)
 
-    record, limits = await trio.to_thread.run_sync(journal.fix_limits, record, services.engine.limits)
+    record, limits = await trio.to_thread.run_sync(
+        journal.fix_limits, record, services.engine.limits
+    )
     done = await trio.to_thread.run_sync(journal.done_pieces)
     results: dict[int, tuple[PieceSpan, PieceResult]] = {}
     warnings: list[str] = []
@@ -149,7 +160,8 @@ async def run_job(
         board.update(
             progress,
             pieces_done=progress.pieces_done + 1,
-            audio_seconds_done=progress.audio_seconds_done + (span.keep_end - span.keep_start) / SAMPLE_RATE,
+            audio_seconds_done=progress.audio_seconds_done
+            + (span.keep_end - span.keep_start) / SAMPLE_RATE,
             spent_cost=progress.spent_cost + result.cost,
         )
 
@@ -157,7 +169,9 @@ async def run_job(
         try:
             board.update(progress, pieces_in_flight=progress.pieces_in_flight + 1)
             try:
-                result = await _transcribe_with_retries(services, piece, progress, log, retry_policy)
+                result = await _transcribe_with_retries(
+                    services, piece, progress, log, retry_policy
+                )
             finally:
                 board.update(progress, pieces_in_flight=progress.pieces_in_flight - 1)
             await finish_piece(piece.span, result)
@@ -174,7 +188,8 @@ async def run_job(
             board.update(
                 progress,
                 pieces_done=progress.pieces_done + 1,
-                audio_seconds_done=progress.audio_seconds_done + (piece.span.keep_end - piece.span.keep_start) / SAMPLE_RATE,
+                audio_seconds_done=progress.audio_seconds_done
+                + (piece.span.keep_end - piece.span.keep_start) / SAMPLE_RATE,
                 spent_cost=progress.spent_cost + previous[1].cost,
             )
             return True
@@ -218,7 +233,9 @@ async def run_job(
                     code="undecodable",
                 ) from exc
             at = cutter.samples_seen / SAMPLE_RATE
-            warnings.append(f"the recording is damaged after {at:.1f} s; the rest could not be decoded")
+            warnings.append(
+                f"the recording is damaged after {at:.1f} s; the rest could not be decoded"
+            )
             log.warning("job.decode_incomplete", decoded_seconds=round(at, 2), error=exc.reason)
         total_seconds = cutter.samples_seen / SAMPLE_RATE
         if not interrupted and total_seconds < config.min_audio_seconds:
@@ -248,7 +265,9 @@ async def run_job(
         "warnings": warnings,
     }
     await wait_for_disk(services, progress)
-    outputs = await trio.to_thread.run_sync(write_outputs, output_dir, record.stem, segments, metadata)
+    outputs = await trio.to_thread.run_sync(
+        write_outputs, output_dir, record.stem, segments, metadata
+    )
     cost = sum(result.cost for _, result in results.values())
     return JobOutcome(
         pieces=len(results),
@@ -270,13 +289,20 @@ def _too_long(limit: float) -> RejectedFileError:
     )
 
 
-async def _check_cost(services: Services, source: Path, progress: JobProgress, price_per_minute: float) -> None:
+async def _check_cost(
+    services: Services, source: Path, progress: JobProgress, price_per_minute: float
+) -> None:
     """Before any spend: decode once to count the real samples (never the header's claim),
     publish the estimated cost, and refuse the file if it is over the cap."""
     config = services.config
     samples = 0
     try:
-        async with open_pcm_stream(source, max_seconds=config.max_audio_seconds, stall_timeout=config.decode_stall_timeout, limits=config.media_limits) as blocks:
+        async with open_pcm_stream(
+            source,
+            max_seconds=config.max_audio_seconds,
+            stall_timeout=config.decode_stall_timeout,
+            limits=config.media_limits,
+        ) as blocks:
             async for block in blocks:
                 samples += len(block)
     except DecodeError as exc:
@@ -307,7 +333,13 @@ async def _transcribe_with_retries(
 
     def on_retry(error: RetryableError, failures: int) -> None:
         board.update(progress, retries=progress.retries + 1, last_error=error.reason)
-        log.warning("piece.retrying", piece=piece.index, failures=failures, error=error.reason, retry_after=error.retry_after)
+        log.warning(
+            "piece.retrying",
+            piece=piece.index,
+            failures=failures,
+            error=error.reason,
+            retry_after=error.retry_after,
+        )
 
     def on_wait(reason: str | None) -> None:
         if reason is not None:
@@ -337,4 +369,3 @@ def job_summary(record: JobRecord, outcome: JobOutcome) -> dict[str, object]:
         "cost": round(outcome.cost, 4),
         "warnings": outcome.warnings,
     }
-

@@ -90,7 +90,10 @@ class MediaLimits:
 
 @functools.cache
 def _warn_unconfined() -> None:
-    logger.warning("media.unconfined", reason="prlimit (util-linux) not found; ffmpeg runs without resource limits")
+    logger.warning(
+        "media.unconfined",
+        reason="prlimit (util-linux) not found; ffmpeg runs without resource limits",
+    )
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -103,7 +106,7 @@ class ProbeResult:
     audio_codec: str | None
 
 
-async def probe(path: Path, *, timeout: float, limits: MediaLimits = MediaLimits()) -> ProbeResult:
+async def probe(path: Path, *, timeout: float, limits: MediaLimits = MediaLimits()) -> ProbeResult:  # noqa: ASYNC109 - a slow probe is the file's fault, reported as such
     """Ask ffprobe what the file is; RejectedFileError if it is not a recording with audio."""
     command = [
         "ffprobe",
@@ -142,7 +145,9 @@ async def probe(path: Path, *, timeout: float, limits: MediaLimits = MediaLimits
     try:
         info = json.loads(result.stdout or b"{}")
     except json.JSONDecodeError:
-        raise RejectedFileError("ffprobe's answer about this file was unreadable", code="not_media") from None
+        raise RejectedFileError(
+            "ffprobe's answer about this file was unreadable", code="not_media"
+        ) from None
     streams = [s for s in info.get("streams", []) if s.get("codec_type") == "audio"]
     fmt = info.get("format", {})
     claimed: float | None

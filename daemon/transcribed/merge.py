@@ -34,5 +34,7 @@ def merge_pieces(pieces: Iterable[tuple[PieceSpan, list[Segment]]]) -> list[Segm
     for i in range(1, len(merged)):
         if merged[i].start < merged[i - 1].end:
             previous = merged[i - 1]
-            merged[i - 1] = Segment(start=previous.start, end=max(previous.start, merged[i].start), text=previous.text)
+            merged[i - 1] = Segment(
+                start=previous.start, end=max(previous.start, merged[i].start), text=previous.text
+            )
     return merged

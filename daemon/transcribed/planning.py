@@ -172,9 +172,7 @@ class PieceSpan:
         return (self.end - self.start) / SAMPLE_RATE
 
 
-def spans_from_cuts(
-    cuts: list[Cut], total_samples: int, limits: PieceLimits
-) -> list[PieceSpan]:
+def spans_from_cuts(cuts: list[Cut], total_samples: int, limits: PieceLimits) -> list[PieceSpan]:
     """The piece spans a list of cuts makes (used by tests and by anything planning offline)."""
     overlap = round(limits.overlap_seconds * SAMPLE_RATE)
     spans: list[PieceSpan] = []

@@ -98,12 +98,17 @@ class JobProgress:
                 "failed": self.pieces_failed,
             },
             "audio_seconds": {
-                "total": None if self.audio_seconds_total is None else round(self.audio_seconds_total, 2),
+                "total": None
+                if self.audio_seconds_total is None
+                else round(self.audio_seconds_total, 2),
                 "done": round(self.audio_seconds_done, 2),
             },
             "engine": self.engine,
             "model": self.model,
-            "cost": {"estimated": round(self.estimated_cost, 4), "spent": round(self.spent_cost, 4)},
+            "cost": {
+                "estimated": round(self.estimated_cost, 4),
+                "spent": round(self.spent_cost, 4),
+            },
             "retries": self.retries,
             "last_error": self.last_error,
             "started_at": self.started_at,
@@ -175,7 +180,9 @@ class ProgressBoard:
                 self.forget(progress)
         flushed.set()
 
-    async def serve_writer(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+    async def serve_writer(
+        self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
+    ) -> None:
         """The single writer of progress files: at most one write per job per interval."""
         task_status.started()
         try:

@@ -78,7 +78,8 @@ async def call_with_retries(
                         if failures >= policy.max_attempts:
                             raise PermanentError(
                                 f"gave up after {failures} attempts: {error.reason}",
-                                hint=error.hint or "the service kept failing; drop the file again later",
+                                hint=error.hint
+                                or "the service kept failing; drop the file again later",
                             ) from error
                         on_retry(error, failures)
                         if error.retry_after is None:

@@ -196,7 +196,9 @@ class EmbeddedEngine:
             worker.kill()
             self._used_send.send_nowait(worker)
 
-    async def serve_replacer(self, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+    async def serve_replacer(
+        self, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
+    ) -> None:
         """Reap each used worker and start a fresh one in its place, until cancelled."""
 
         async def replace(used: _Worker) -> None:

@@ -1,8 +1,9 @@
-"""A Moonshine worker process: loads the model once, then transcribes pieces sent on stdin.
+"""A Moonshine worker process: loads the model, then transcribes pieces sent on stdin.
 
 Run by the embedded engine as `python -m transcribed.engines.moonshine_worker MODEL_DIR`, never
-by hand; the engine uses each worker for one piece (see EmbeddedEngine). The native runtime lives here, not in the daemon: a crash or a leak in it costs one
-worker (restarted by the engine), and the daemon's event loop never waits on native code.
+by hand; the engine sends each worker one piece (see EmbeddedEngine for why). The native
+runtime lives here, not in the daemon: a crash or a leak in it costs one worker, and the
+daemon's event loop never waits on native code.
 
 Protocol (stdin/stdout, one request at a time):
   worker → daemon, once:  a JSON line {"ready": true} or {"error": "..."}

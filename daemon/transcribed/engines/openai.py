@@ -21,7 +21,6 @@ import json
 import math
 import os
 import re
-import subprocess
 import time
 from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import asynccontextmanager
@@ -69,15 +68,32 @@ class ModelProfile:
     piece_max_seconds: float
 
 
-_TEXT_ONLY = {"timestamps": False, "max_audio_seconds": 1400.0, "piece_target_seconds": 30.0, "piece_max_seconds": 60.0}
+_TEXT_ONLY = {
+    "timestamps": False,
+    "max_audio_seconds": 1400.0,
+    "piece_target_seconds": 30.0,
+    "piece_max_seconds": 60.0,
+}
 MODEL_PROFILES: dict[str, ModelProfile] = {
-    "whisper-1": ModelProfile(timestamps=True, max_audio_seconds=None, price_per_minute=0.006, piece_target_seconds=120.0, piece_max_seconds=180.0),
+    "whisper-1": ModelProfile(
+        timestamps=True,
+        max_audio_seconds=None,
+        price_per_minute=0.006,
+        piece_target_seconds=120.0,
+        piece_max_seconds=180.0,
+    ),
     "gpt-4o-transcribe": ModelProfile(price_per_minute=0.006, **_TEXT_ONLY),  # type: ignore[arg-type]
     "gpt-4o-mini-transcribe": ModelProfile(price_per_minute=0.003, **_TEXT_ONLY),  # type: ignore[arg-type]
     "gpt-4o-mini-transcribe-2025-12-15": ModelProfile(price_per_minute=0.003, **_TEXT_ONLY),  # type: ignore[arg-type]
 }
 # Any other model (a compatible server's whisper, a new snapshot): timed segments, no price.
-_OTHER_MODEL = ModelProfile(timestamps=True, max_audio_seconds=None, price_per_minute=0.0, piece_target_seconds=120.0, piece_max_seconds=180.0)
+_OTHER_MODEL = ModelProfile(
+    timestamps=True,
+    max_audio_seconds=None,
+    price_per_minute=0.0,
+    piece_target_seconds=120.0,
+    piece_max_seconds=180.0,
+)
 
 
 def model_profile(model: str) -> ModelProfile:
@@ -104,18 +120,37 @@ def upload_format(name: str, bitrate: int = 32) -> UploadFormat:
         return UploadFormat(
             suffix="mp3",
             mime="audio/mpeg",
-            ffmpeg_args=("-c:a", "libmp3lame", "-b:a", f"{bitrate}k", "-compression_level", "9", "-f", "mp3"),
+            ffmpeg_args=(
+                "-c:a",
+                "libmp3lame",
+                "-b:a",
+                f"{bitrate}k",
+                "-compression_level",
+                "9",
+                "-f",
+                "mp3",
+            ),
             bytes_per_second=bitrate * 1000 / 8 * 1.02,
         )
     if name == "flac":
         # 16 kHz mono speech compresses to ~18 KB/s; noise can take it close to raw PCM
-        return UploadFormat(suffix="flac", mime="audio/flac", ffmpeg_args=("-c:a", "flac", "-f", "flac"), bytes_per_second=SAMPLE_RATE * 2)
+        return UploadFormat(
+            suffix="flac",
+            mime="audio/flac",
+            ffmpeg_args=("-c:a", "flac", "-f", "flac"),
+            bytes_per_second=SAMPLE_RATE * 2,
+        )
     if name == "wav":
-        return UploadFormat(suffix="wav", mime="audio/wav", ffmpeg_args=("-c:a", "pcm_s16le", "-f", "wav"), bytes_per_second=SAMPLE_RATE * 2)
+        return UploadFormat(
+            suffix="wav",
+            mime="audio/wav",
+            ffmpeg_args=("-c:a", "pcm_s16le", "-f", "wav"),
+            bytes_per_second=SAMPLE_RATE * 2,
+        )
     raise ValueError(f"unknown upload format {name!r}")
 
 
-async def encode_piece(audio: np.ndarray, fmt: UploadFormat, *, timeout: float = 120.0) -> bytes:
+async def encode_piece(audio: np.ndarray, fmt: UploadFormat, *, timeout: float = 120.0) -> bytes:  # noqa: ASYNC109 - a stuck encoder is this function's own failure to report
     """16 kHz mono int16 samples → the upload's bytes, through an ffmpeg pipe (no files)."""
     command = [
         "ffmpeg", "-nostdin", "-hide_banner", "-loglevel", "error", "-threads", "1",
@@ -224,7 +259,9 @@ def parse_error_body(body: bytes) -> ErrorBody:
             return ErrorBody(message=_plain(error))
         detail = data.get("detail")
         if detail is not None:
-            return ErrorBody(message=_plain(detail if isinstance(detail, str) else json.dumps(detail)))
+            return ErrorBody(
+                message=_plain(detail if isinstance(detail, str) else json.dumps(detail))
+            )
     return ErrorBody(message=_plain(text))
 
 
@@ -233,7 +270,9 @@ def _plain(text: str) -> str:
     return " ".join(text.split())[:300]
 
 
-def parse_retry_after(headers: Mapping[str, str], *, now: Callable[[], float] = time.time) -> float | None:
+def parse_retry_after(
+    headers: Mapping[str, str], *, now: Callable[[], float] = time.time
+) -> float | None:
     """Seconds the server asks us to wait: retry-after-ms, then Retry-After (seconds or date)."""
     raw_ms = headers.get("retry-after-ms")
     if raw_ms:
@@ -295,12 +334,14 @@ def classify_response(
     retry_after = parse_retry_after(headers, now=now)
     if should_retry == "true" or (should_retry != "false" and status in _RETRYABLE_STATUS):
         reason = "rate limited" if status == 429 else "the server is busy or failed"
-        return RetryableError(f"{reason} ({where}{', ' + kind if kind else ''}){said}", retry_after=retry_after)
+        return RetryableError(
+            f"{reason} ({where}{', ' + kind if kind else ''}){said}", retry_after=retry_after
+        )
     hints = {
         400: "the server refused this request or this audio",
         404: "check openai.model and openai.base_url",
         413: "the upload was too large: lower openai.upload_bitrate or openai.piece_max_seconds",
-        415: "the server cannot read the upload format: try openai.upload_format = \"wav\"",
+        415: 'the server cannot read the upload format: try openai.upload_format = "wav"',
         422: "the server refused a field of the request; check openai.language and openai.prompt",
     }
     return PermanentError(
@@ -343,7 +384,11 @@ def parse_answer(body: bytes, *, timestamps: bool, seconds: float) -> list[Segme
             if inside:  # word times are tighter than Whisper's segment bounds
                 start, end = float(inside[0]["start"]), float(inside[-1]["end"])
             if text.strip():
-                segments.append(Segment(start=max(0.0, start), end=min(seconds, max(start, end)), text=text.strip()))
+                segments.append(
+                    Segment(
+                        start=max(0.0, start), end=min(seconds, max(start, end)), text=text.strip()
+                    )
+                )
         return segments
     text = str(data.get("text", "")).strip()
     return [Segment(start=0.0, end=seconds, text=text)] if text else []
@@ -364,14 +409,18 @@ class OpenAIEngine:
 
     name = "openai"
 
-    def __init__(self, config: OpenAIConfig, client: httpx.AsyncClient, *, api_key: str | None) -> None:
+    def __init__(
+        self, config: OpenAIConfig, client: httpx.AsyncClient, *, api_key: str | None
+    ) -> None:
         self.config = config
         self.model = config.model
         self.profile = model_profile(config.model)
         self.capacity = config.max_concurrent_requests
         self.requests_per_minute = config.requests_per_minute
         self.price_per_minute = (
-            config.price_per_minute if config.price_per_minute is not None else self.profile.price_per_minute
+            config.price_per_minute
+            if config.price_per_minute is not None
+            else self.profile.price_per_minute
         )
         self.response_format = (
             config.response_format
@@ -388,7 +437,11 @@ class OpenAIEngine:
 
     def form_fields(self) -> dict[str, str | list[str]]:
         """The form fields besides `file`, spelled as OpenAI's schema spells them."""
-        fields: dict[str, str | list[str]] = {"model": self.config.model, "response_format": self.response_format, "temperature": "0"}
+        fields: dict[str, str | list[str]] = {
+            "model": self.config.model,
+            "response_format": self.response_format,
+            "temperature": "0",
+        }
         if self.config.language:
             fields["language"] = self.config.language
         if self.config.prompt:
@@ -408,12 +461,18 @@ class OpenAIEngine:
         files = {"file": (f"piece.{self.format.suffix}", data, self.format.mime)}
         try:
             with trio.fail_after(self.config.request_timeout):
-                response = await self._client.post("audio/transcriptions", data=self.form_fields(), files=files)
+                response = await self._client.post(
+                    "audio/transcriptions", data=self.form_fields(), files=files
+                )
         except (httpx.TransportError, trio.TooSlowError) as exc:
             raise classify_transport_error(exc) from exc
         if response.status_code >= 400 or response.status_code < 200:
-            raise classify_response(response.status_code, response.headers, response.content, secret=self._secret)
-        segments = parse_answer(response.content, timestamps=self.response_format == "verbose_json", seconds=seconds)
+            raise classify_response(
+                response.status_code, response.headers, response.content, secret=self._secret
+            )
+        segments = parse_answer(
+            response.content, timestamps=self.response_format == "verbose_json", seconds=seconds
+        )
         return PieceResult(segments=segments, cost=self.estimate_cost(seconds))
 
 

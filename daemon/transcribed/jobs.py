@@ -9,10 +9,12 @@ decides what happens to the source.
 from __future__ import annotations
 
 import shutil
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
+from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 import structlog
 import trio
 
@@ -212,12 +214,7 @@ async def run_job(
     interrupted = False
     async with trio.open_nursery() as nursery:
         try:
-            async with open_pcm_stream(
-                source,
-                max_seconds=config.max_audio_seconds,
-                stall_timeout=config.decode_stall_timeout,
-                limits=config.media_limits,
-            ) as blocks:
+            async with _decode(config, source) as blocks:
                 async for block in blocks:
                     for piece in cutter.feed(block):
                         interrupted = interrupted or not await take(piece, nursery)
@@ -281,6 +278,16 @@ async def run_job(
     )
 
 
+def _decode(config: Config, source: Path) -> AbstractAsyncContextManager[AsyncIterator[np.ndarray]]:
+    """The source's audio as 16 kHz mono blocks, under the configured limits."""
+    return open_pcm_stream(
+        source,
+        max_seconds=config.max_audio_seconds,
+        stall_timeout=config.decode_stall_timeout,
+        limits=config.media_limits,
+    )
+
+
 def _too_long(limit: float) -> RejectedFileError:
     return RejectedFileError(
         f"the recording is longer than the limit of {limit / 3600:g} hours",
@@ -297,12 +304,7 @@ async def _check_cost(
     config = services.config
     samples = 0
     try:
-        async with open_pcm_stream(
-            source,
-            max_seconds=config.max_audio_seconds,
-            stall_timeout=config.decode_stall_timeout,
-            limits=config.media_limits,
-        ) as blocks:
+        async with _decode(config, source) as blocks:
             async for block in blocks:
                 samples += len(block)
     except DecodeError as exc:

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import os
+import secrets
 import subprocess
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
@@ -19,6 +21,30 @@ from transcribed.config import Config, load_config
 from transcribed.engines.base import PieceResult, Segment
 from transcribed.errors import PermanentError, RetryableError
 from transcribed.planning import SAMPLE_RATE, PieceLimits
+
+
+SUITE_CANARY_KEY = "sk-canary-" + secrets.token_hex(16)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def canary_key(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """The whole suite runs with a canary OPENAI_API_KEY in the environment (inherited by every
+    daemon the tests start); afterwards no file any test left behind (outputs, progress and
+    error files, journals, daemon logs) may contain it."""
+    previous = os.environ.get("OPENAI_API_KEY")
+    os.environ["OPENAI_API_KEY"] = SUITE_CANARY_KEY
+    yield SUITE_CANARY_KEY
+    if previous is None:
+        del os.environ["OPENAI_API_KEY"]
+    else:
+        os.environ["OPENAI_API_KEY"] = previous
+    needle = SUITE_CANARY_KEY.encode()
+    leaked = [
+        path
+        for path in tmp_path_factory.getbasetemp().rglob("*")
+        if path.is_file() and not path.is_symlink() and needle in path.read_bytes()
+    ]
+    assert not leaked, f"the canary API key leaked into {leaked}"
 
 
 def asset(name: str) -> Path:

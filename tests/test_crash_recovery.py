@@ -245,3 +245,73 @@ def test_a_kill_with_pieces_in_flight_is_recovered(
     finally:
         if server is not None:
             server.stop()
+
+
+def wait_for_pieces(root: Path, process: subprocess.Popen[bytes], done: int) -> None:
+    deadline = time.monotonic() + 120
+    while True:
+        assert time.monotonic() < deadline and process.poll() is None
+        try:
+            state = json.loads((root / "outbox" / "recording.progress.json").read_text())
+        except (FileNotFoundError, json.JSONDecodeError):
+            state = None
+        if state and state["pieces"]["done"] >= done and state["pieces"]["in_flight"] >= 1:
+            return
+        time.sleep(0.01)
+
+
+def test_sigterm_mid_job_drains_exits_0_and_the_next_start_finishes(
+    recording: Path, clean_runs: dict[str, dict[str, bytes]], server: Server, tmp_path: Path
+) -> None:
+    """SIGTERM with pieces in flight: they finish and are journaled, the daemon exits 0 within
+    drain_timeout plus a few seconds, and the next start completes the job like a clean run."""
+    request = urllib.request.Request(server.url.rsplit("/v1", 1)[0] + "/_control", data=json.dumps({"service_base": 1.0}).encode(), method="POST")
+    urllib.request.urlopen(request, timeout=10).read()
+    root = new_root(tmp_path, recording)
+    log = tmp_path / "daemon.log"
+    drain = ("--drain-timeout", "10", "--openai-max-concurrent-requests", "2")
+    process = start(root, log, "openai", server, extra=drain)
+    try:
+        wait_for_pieces(root, process, 1)
+        journaled_before = journaled(root)
+        sent = time.monotonic()
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(timeout=30) == 0
+        took = time.monotonic() - sent
+    finally:
+        if process.poll() is None:
+            process.kill()
+    assert took < 10 + 5
+    assert journaled(root) > journaled_before  # the pieces in flight were finished and kept
+    state = json.loads((root / "outbox" / "recording.progress.json").read_text())
+    assert state["state"] == "waiting" and "resumes" in state["waiting_reason"]
+    at_stop, pieces_at_stop = server.settled_stats(), journaled(root)
+    run_to_completion(root, log, "openai", server)
+    check_finished_like_clean(root, clean_runs["openai"])
+    check_nothing_journaled_was_sent_again(at_stop, server.stats(), pieces_at_stop)
+
+
+def test_a_second_sigterm_stops_at_once_and_loses_nothing_journaled(
+    recording: Path, clean_runs: dict[str, dict[str, bytes]], server: Server, tmp_path: Path
+) -> None:
+    """A second SIGTERM during a long drain stops the daemon in seconds; a restart finishes."""
+    request = urllib.request.Request(server.url.rsplit("/v1", 1)[0] + "/_control", data=json.dumps({"service_base": 30.0}).encode(), method="POST")
+    urllib.request.urlopen(request, timeout=10).read()
+    root = new_root(tmp_path, recording)
+    log = tmp_path / "daemon.log"
+    process = start(root, log, "openai", server, extra=("--drain-timeout", "120"))
+    try:
+        wait_for_pieces(root, process, 0)
+        process.send_signal(signal.SIGTERM)
+        time.sleep(1.0)
+        assert process.poll() is None  # draining: the answers take 30 s
+        sent = time.monotonic()
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(timeout=30) == 0
+        assert time.monotonic() - sent < 5
+    finally:
+        if process.poll() is None:
+            process.kill()
+    urllib.request.urlopen(urllib.request.Request(server.url.rsplit("/v1", 1)[0] + "/_control", data=json.dumps({"service_base": 0.0}).encode(), method="POST"), timeout=10).read()
+    run_to_completion(root, log, "openai", server)
+    check_finished_like_clean(root, clean_runs["openai"])

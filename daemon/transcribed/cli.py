@@ -130,7 +130,7 @@ def show_status(config: Config, *, as_json: bool) -> int:
     print(f"{'STATE':<13} {'DONE':>6} {'ETA':>9}  {'UPDATED':<20}  SOURCE")
     for job in jobs:
         eta = job.get("eta_seconds")
-        eta_text = "-" if eta is None else f"{int(eta) // 60}m{int(eta) % 60:02d}s"
+        eta_text = f"{int(eta) // 60}m{int(eta) % 60:02d}s" if isinstance(eta, int | float) else "-"
         state = str(job.get("state"))
         if job.get("waiting_reason"):
             state += f" ({job['waiting_reason']})"

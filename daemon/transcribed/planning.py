@@ -61,7 +61,8 @@ def frame_loudness(samples: np.ndarray) -> np.ndarray:
         return np.empty(0, dtype=np.float32)
     frames = samples[:whole].astype(np.float32).reshape(-1, FRAME_SAMPLES) / 32768.0
     rms = np.sqrt(np.mean(frames * frames, axis=1))
-    return np.maximum(20.0 * np.log10(np.maximum(rms, 1e-10)), _FLOOR_DB).astype(np.float32)
+    loudness: np.ndarray = np.maximum(20.0 * np.log10(np.maximum(rms, 1e-10)), _FLOOR_DB)
+    return loudness.astype(np.float32)
 
 
 class NoiseFloor:

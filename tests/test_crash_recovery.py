@@ -76,6 +76,11 @@ class Server:
         with urllib.request.urlopen(self.url.rsplit("/v1", 1)[0] + "/_stats", timeout=10) as answer:
             return json.loads(answer.read())
 
+    def control(self, **changes: object) -> None:
+        """Change the server's settings (service times, faults) while it runs."""
+        request = urllib.request.Request(self.url.rsplit("/v1", 1)[0] + "/_control", data=json.dumps(changes).encode(), method="POST")
+        urllib.request.urlopen(request, timeout=10).read()
+
     def settled_stats(self) -> dict:
         """The counters once the requests a killed client left behind are finished."""
         deadline = time.monotonic() + 30
@@ -186,6 +191,19 @@ def check_nothing_journaled_was_sent_again(before: dict, after: dict, journaled_
     assert all(count == 1 for count in (Counter(after["answered"]) - answered_before).values())
 
 
+def wait_for_pieces(root: Path, process: subprocess.Popen[bytes], done: int) -> None:
+    deadline = time.monotonic() + 120
+    while True:
+        assert time.monotonic() < deadline and process.poll() is None
+        try:
+            state = json.loads((root / "outbox" / "recording.progress.json").read_text())
+        except (FileNotFoundError, json.JSONDecodeError):
+            state = None
+        if state and state["pieces"]["done"] >= done and state["pieces"]["in_flight"] >= 1:
+            return
+        time.sleep(0.01)
+
+
 @pytest.mark.parametrize("failpoint", FAILPOINTS)
 def test_a_kill_at_any_failpoint_is_recovered_by_a_restart(
     failpoint: str, recording: Path, clean_runs: dict[str, dict[str, bytes]], server: Server, tmp_path: Path
@@ -206,31 +224,21 @@ def test_a_kill_at_any_failpoint_is_recovered_by_a_restart(
     check_nothing_journaled_was_sent_again(at_kill, server.stats(), pieces_at_kill)
 
 
-@pytest.mark.parametrize(("engine", "wait_for_pieces"), [("openai", 0), ("openai", 2), ("embedded", 1)])
+@pytest.mark.parametrize(("engine", "journaled_first"), [("openai", 0), ("openai", 2), ("embedded", 1)])
 def test_a_kill_with_pieces_in_flight_is_recovered(
-    engine: str, wait_for_pieces: int, recording: Path, clean_runs: dict[str, dict[str, bytes]], tmp_path: Path
+    engine: str, journaled_first: int, recording: Path, clean_runs: dict[str, dict[str, bytes]], tmp_path: Path
 ) -> None:
     """SIGKILL from outside while the engine works on pieces (after some are journaled)."""
     server = Server(tmp_path) if engine == "openai" else None
     if server is not None:  # slow answers, so the kill lands with requests in flight
-        request = urllib.request.Request(server.url.rsplit("/v1", 1)[0] + "/_control", data=json.dumps({"service_base": 0.5}).encode(), method="POST")
-        urllib.request.urlopen(request, timeout=10).read()
+        server.control(service_base=0.5)
     try:
         root = new_root(tmp_path, recording)
         log = tmp_path / "daemon.log"
         # two requests at a time, so pieces finish one by one and the kill finds some in flight
         process = start(root, log, engine, server, extra=("--openai-max-concurrent-requests", "2"))
         try:
-            deadline = time.monotonic() + 180
-            while True:
-                assert time.monotonic() < deadline and process.poll() is None
-                try:
-                    state = json.loads((root / "outbox" / "recording.progress.json").read_text())
-                except (FileNotFoundError, json.JSONDecodeError):
-                    state = None
-                if state and state["pieces"]["in_flight"] >= 1 and state["pieces"]["done"] >= wait_for_pieces:
-                    break
-                time.sleep(0.01)
+            wait_for_pieces(root, process, journaled_first)
             process.kill()
             process.wait(timeout=10)
         finally:
@@ -247,26 +255,12 @@ def test_a_kill_with_pieces_in_flight_is_recovered(
             server.stop()
 
 
-def wait_for_pieces(root: Path, process: subprocess.Popen[bytes], done: int) -> None:
-    deadline = time.monotonic() + 120
-    while True:
-        assert time.monotonic() < deadline and process.poll() is None
-        try:
-            state = json.loads((root / "outbox" / "recording.progress.json").read_text())
-        except (FileNotFoundError, json.JSONDecodeError):
-            state = None
-        if state and state["pieces"]["done"] >= done and state["pieces"]["in_flight"] >= 1:
-            return
-        time.sleep(0.01)
-
-
 def test_sigterm_mid_job_drains_exits_0_and_the_next_start_finishes(
     recording: Path, clean_runs: dict[str, dict[str, bytes]], server: Server, tmp_path: Path
 ) -> None:
     """SIGTERM with pieces in flight: they finish and are journaled, the daemon exits 0 within
     drain_timeout plus a few seconds, and the next start completes the job like a clean run."""
-    request = urllib.request.Request(server.url.rsplit("/v1", 1)[0] + "/_control", data=json.dumps({"service_base": 1.0}).encode(), method="POST")
-    urllib.request.urlopen(request, timeout=10).read()
+    server.control(service_base=1.0)
     root = new_root(tmp_path, recording)
     log = tmp_path / "daemon.log"
     drain = ("--drain-timeout", "10", "--openai-max-concurrent-requests", "2")
@@ -295,8 +289,7 @@ def test_a_second_sigterm_stops_at_once_and_loses_nothing_journaled(
     recording: Path, clean_runs: dict[str, dict[str, bytes]], server: Server, tmp_path: Path
 ) -> None:
     """A second SIGTERM during a long drain stops the daemon in seconds; a restart finishes."""
-    request = urllib.request.Request(server.url.rsplit("/v1", 1)[0] + "/_control", data=json.dumps({"service_base": 30.0}).encode(), method="POST")
-    urllib.request.urlopen(request, timeout=10).read()
+    server.control(service_base=30.0)
     root = new_root(tmp_path, recording)
     log = tmp_path / "daemon.log"
     process = start(root, log, "openai", server, extra=("--drain-timeout", "120"))
@@ -312,6 +305,6 @@ def test_a_second_sigterm_stops_at_once_and_loses_nothing_journaled(
     finally:
         if process.poll() is None:
             process.kill()
-    urllib.request.urlopen(urllib.request.Request(server.url.rsplit("/v1", 1)[0] + "/_control", data=json.dumps({"service_base": 0.0}).encode(), method="POST"), timeout=10).read()
+    server.control(service_base=0.0)
     run_to_completion(root, log, "openai", server)
     check_finished_like_clean(root, clean_runs["openai"])

@@ -15,13 +15,12 @@ from typing import Any
 import numpy as np
 import pytest
 import trio
-
 from transcribed.app import run_daemon
 from transcribed.config import Config, load_config
-from transcribed.engines.base import PieceResult, Segment
+from transcribed.engines.base import EngineTraits, PieceResult, Segment
 from transcribed.errors import PermanentError, RetryableError
 from transcribed.planning import SAMPLE_RATE, PieceLimits
-
+from transcribed.retry import RetryPolicy
 
 SUITE_CANARY_KEY = "sk-canary-" + secrets.token_hex(16)
 
@@ -104,12 +103,14 @@ class FakeEngine:
     `fail` maps a call number (1-based) to an exception raised instead of answering.
     """
 
-    name = "fake"
-    model = "fake-1"
-
-    def __init__(self, *, capacity: int = 2, limits: PieceLimits | None = None) -> None:
-        self.capacity = capacity
-        self.limits = limits or PieceLimits(target_seconds=6, max_seconds=10)
+    def __init__(self, *, capacity: int = 2, limits: PieceLimits | None = None, retry: RetryPolicy | None = None) -> None:
+        self.traits = EngineTraits(
+            name="fake",
+            model="fake-1",
+            limits=limits or PieceLimits(target_seconds=6, max_seconds=10),
+            capacity=capacity,
+            retry=retry or RetryPolicy(max_attempts=3),
+        )
         self.calls = 0
         self.pieces_seen: list[int] = []
         self.fail: dict[int, Exception] = {}
@@ -157,6 +158,11 @@ def make_config(root: Path, **flags: object) -> Config:
 
 
 WAIT = 30
+
+
+def jobs_in(work: Path) -> list[str]:
+    """The job folders in work/ (not the daemon's own dot-files such as its lock)."""
+    return sorted(name for name in os.listdir(work) if not name.startswith("."))
 
 
 @asynccontextmanager

@@ -5,7 +5,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-
 from transcribed.cli import build_parser, main
 from transcribed.config import load_config
 from transcribed.errors import ConfigError

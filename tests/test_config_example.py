@@ -8,7 +8,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-
 from transcribed.config import SECTIONS, Config, KeySpec, key_specs, load_config
 
 EXAMPLE = Path(__file__).resolve().parent.parent / "config" / "transcribed.example.toml"

@@ -23,8 +23,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-
-from conftest import TWO_CITIES, make_media
+from conftest import TWO_CITIES, jobs_in, make_media
 
 pytestmark = pytest.mark.slow
 
@@ -118,7 +117,7 @@ def start(root: Path, log: Path, engine: str, server: Server | None, failpoint: 
 def job_done(root: Path) -> bool:
     progress = root / "outbox" / "recording.progress.json"
     try:
-        return json.loads(progress.read_text())["state"] == "done" and not os.listdir(root / "work")
+        return json.loads(progress.read_text())["state"] == "done" and not jobs_in(root / "work")
     except (FileNotFoundError, json.JSONDecodeError, KeyError):
         return False
 
@@ -172,7 +171,7 @@ def check_finished_like_clean(root: Path, clean: dict[str, bytes]) -> None:
     for name in OUTPUTS:
         assert (root / "outbox" / name).read_bytes() == clean[name], f"{name} differs from a clean run"
     assert sorted(os.listdir(root / "outbox")) == sorted([*OUTPUTS, "recording.progress.json"])
-    assert os.listdir(root / "work") == [] and os.listdir(root / "inbox") == []
+    assert jobs_in(root / "work") == [] and os.listdir(root / "inbox") == []
     assert os.listdir(root / "done") == ["recording.mp3"]
     assert os.listdir(root / "failed") == []
 

@@ -11,10 +11,19 @@ from pathlib import Path
 
 import pytest
 import trio
-
-from conftest import FakeEngine, finished, make_config, progress, running, wait_for, wait_until
+from conftest import (
+    FakeEngine,
+    finished,
+    jobs_in,
+    make_config,
+    progress,
+    running,
+    wait_for,
+    wait_until,
+)
 from transcribed.errors import PermanentError, RetryableError
 from transcribed.journal import JobRecord, Journal
+
 
 async def test_a_dropped_recording_becomes_four_transcripts_and_moves_to_done(tmp_path: Path, media: Callable[..., Path], fake_engine: FakeEngine) -> None:
     """An mp3 dropped into the inbox ends as txt/srt/vtt/json in the outbox, the source in done/,
@@ -31,7 +40,7 @@ async def test_a_dropped_recording_becomes_four_transcripts_and_moves_to_done(tm
     document = json.loads((tmp_path / "outbox" / "hearing.json").read_text())
     assert document["segments"] and document["source"] == "hearing.mp3"
     assert os.listdir(tmp_path / "done") == ["hearing.mp3"]
-    assert os.listdir(tmp_path / "inbox") == [] and os.listdir(tmp_path / "work") == []
+    assert os.listdir(tmp_path / "inbox") == [] and jobs_in(tmp_path / "work") == []
 
 
 async def test_files_present_before_start_are_processed(tmp_path: Path, media: Callable[..., Path], fake_engine: FakeEngine) -> None:
@@ -95,7 +104,7 @@ async def test_bad_files_go_to_failed_with_a_clear_error_and_the_daemon_goes_on(
     assert explanation["source"] == name
     assert (tmp_path / "failed" / name).exists()
     assert progress(tmp_path, stem)["state"] == "failed"
-    assert os.listdir(tmp_path / "work") == []
+    assert jobs_in(tmp_path / "work") == []
 
 
 async def test_files_still_being_written_are_left_alone(tmp_path: Path, media: Callable[..., Path], fake_engine: FakeEngine) -> None:
@@ -155,7 +164,7 @@ async def test_a_resumed_job_sends_only_unfinished_pieces_and_matches_a_clean_ru
     assert resumed_engine.calls == total - journaled
     for suffix in (".txt", ".srt", ".vtt"):
         assert (crashed / "outbox" / f"long{suffix}").read_text() == (clean_root / "outbox" / f"long{suffix}").read_text()
-    assert os.listdir(crashed / "work") == []
+    assert jobs_in(crashed / "work") == []
 
 
 async def test_a_poison_file_goes_to_failed_after_max_attempts(tmp_path: Path, media: Callable[..., Path], fake_engine: FakeEngine) -> None:

@@ -14,8 +14,7 @@ import time
 from pathlib import Path
 
 import pytest
-
-from conftest import BECKETT, TWO_CITIES, make_media
+from conftest import BECKETT, TWO_CITIES, jobs_in, make_media
 
 pytestmark = pytest.mark.slow
 
@@ -82,7 +81,7 @@ def test_the_daemon_process_transcribes_real_speech_and_stops_cleanly_on_sigterm
     assert starts == sorted(starts) and 0.5 < starts[0] < 1.5  # the first words are spoken at ~1 s
     assert 43 < document["audio_seconds"] < 45
     assert sorted(os.listdir(root / "done")) == ["beckett.mp3", "two_cities.m4a"]
-    assert os.listdir(root / "work") == [] and os.listdir(root / "inbox") == []
+    assert jobs_in(root / "work") == [] and os.listdir(root / "inbox") == []
     progress = json.loads((root / "outbox" / "two_cities.progress.json").read_text())
     assert progress["state"] == "done" and progress["percent"] == 100.0
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 import pytest
 import trio
 import trio.testing
-
 from transcribed.errors import PermanentError, QuotaExhaustedError, RetryableError
 from transcribed.gate import Gate
 from transcribed.retry import RetryPolicy, call_with_retries
@@ -228,4 +227,4 @@ async def test_an_exhausted_quota_makes_pieces_wait_and_resume(autojump_clock: t
             first, gate=gate, policy=policy, on_wait=lambda reason: waits.append((trio.current_time(), reason))
         )
     assert first.times == [0, 60] and second.times == [60]
-    assert waits == [(0, "quota"), (60, None)]
+    assert waits == [(0, "quota: no credit"), (60, None)]

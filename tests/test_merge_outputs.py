@@ -7,7 +7,6 @@ import os
 from pathlib import Path
 
 import pytest
-
 from transcribed.atomic import atomic_write_text, remove_stale_temps
 from transcribed.engines.base import Segment
 from transcribed.merge import merge_pieces

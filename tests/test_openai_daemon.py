@@ -11,7 +11,6 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 
 import trio
-
 from conftest import TWO_CITIES, make_config
 from openai_server import RETRYABLE_FAULTS, FakeOpenAI, ServerSettings
 from transcribed.app import run_daemon
@@ -128,17 +127,27 @@ async def test_a_permanent_error_fails_the_job_at_once(tmp_path: Path, media: Ca
     assert (tmp_path / "failed" / "hearing.mp3").exists()
 
 
-async def test_a_refused_key_is_never_echoed(tmp_path: Path, media: Callable[..., Path]) -> None:
-    """The server's 401 echoes part of the key; the error file, progress file and outputs
-    hold no part of it."""
-    async with serving(ServerSettings(api_key="sk-the-right-one-000000000000")) as (_, url):
-        await transcribe_once(tmp_path, url, media("hearing.mp3"))
-    explanation = json.loads((tmp_path / "failed" / "hearing.error.json").read_text())
-    assert "API key was refused" in explanation["reason"]
-    for path in [*tmp_path.rglob("*.json"), *tmp_path.rglob("*.txt")]:
-        text = path.read_text(errors="replace")
-        for fragment in (KEY, KEY[:8], KEY[-4:]):
-            assert fragment not in text, path
+async def test_a_refused_key_pauses_the_service_and_is_never_echoed(tmp_path: Path, media: Callable[..., Path]) -> None:
+    """The server's 401 echoes part of the key. A refused key is the service's fault: the job
+    waits (reason key) with its source kept, nothing goes to failed/, no file holds any part of
+    the key; restarted with the right key, the same job finishes."""
+    async with serving(ServerSettings(api_key="sk-the-right-one-000000000000")) as (server, url):
+        config = openai_config(tmp_path, url)
+        async with daemon(config):
+            drop(tmp_path, media("hearing.mp3"), "hearing.mp3")
+            path = tmp_path / "outbox" / "hearing.progress.json"
+            await wait_until(lambda: path.exists() and progress(tmp_path, "hearing")["state"] == "waiting")
+            state = progress(tmp_path, "hearing")
+            assert state["waiting_reason"].startswith("key: the API key was refused")
+            assert list((tmp_path / "work").glob("*/source.mp3"))
+        assert not (tmp_path / "failed").exists() or not os.listdir(tmp_path / "failed")
+        for path in [*tmp_path.rglob("*.json"), *tmp_path.rglob("*.txt")]:
+            text = path.read_text(errors="replace")
+            for fragment in (KEY, KEY[:8], KEY[-4:]):
+                assert fragment not in text, path
+        async with daemon(config, api_key="sk-the-right-one-000000000000"):
+            state = await finished(tmp_path, "hearing")
+    assert state["state"] == "done" and (tmp_path / "outbox" / "hearing.txt").exists()
 
 
 async def test_an_exhausted_quota_makes_the_job_wait_and_then_finish(tmp_path: Path, media: Callable[..., Path]) -> None:
@@ -151,7 +160,7 @@ async def test_an_exhausted_quota_makes_the_job_wait_and_then_finish(tmp_path: P
             drop(tmp_path, media("hearing.mp3"), "hearing.mp3")
             path = tmp_path / "outbox" / "hearing.progress.json"
             await wait_until(lambda: path.exists() and progress(tmp_path, "hearing")["state"] == "waiting")
-            assert progress(tmp_path, "hearing")["waiting_reason"] == "quota"
+            assert progress(tmp_path, "hearing")["waiting_reason"].startswith("quota: ")
             assert list((tmp_path / "work").glob("*/source.mp3"))
             state = await finished(tmp_path, "hearing")
     assert state["state"] == "done" and server.stats.injected["quota"] == 1

@@ -13,7 +13,6 @@ import httpx
 import numpy as np
 import pytest
 import trio
-
 from conftest import BECKETT
 from transcribed.config import OpenAIConfig, load_config
 from transcribed.engines.openai import (
@@ -27,7 +26,7 @@ from transcribed.engines.openai import (
     redact,
     upload_format,
 )
-from transcribed.errors import ConfigError, PermanentError, QuotaExhaustedError, RetryableError
+from transcribed.errors import ConfigError, KeyRefusedError, ModelUnavailableError, PermanentError, QuotaExhaustedError, RetryableError, UnreachableError
 
 KEY = "sk-proj-CANARYkey0123456789abcdefWXYZ"
 WAIT = 30
@@ -110,7 +109,7 @@ async def test_a_gpt4o_request_asks_for_json_and_its_text_spans_the_piece() -> N
     [segment] = result.segments  # type: ignore[attr-defined]
     assert segment.start == 0 and segment.end == pytest.approx(len(speech()) / 16000) and segment.text == "Ever tried. Ever failed."
     async with open_openai_engine(config, api_key=KEY) as engine:
-        assert engine.limits.max_seconds <= 1380 and engine.limits.overlap_seconds == 0
+        assert engine.traits.limits.max_seconds <= 1380 and engine.traits.limits.overlap_seconds == 0
 
 
 async def test_no_key_means_no_authorization_header_for_a_compatible_server() -> None:
@@ -158,9 +157,10 @@ def body(**error: object) -> bytes:
     ("status", "payload", "kind"),
     [
         (400, body(type="invalid_request_error", code="invalid_value"), PermanentError),
-        (401, body(code="invalid_api_key"), PermanentError),
-        (403, body(), PermanentError),
-        (404, body(code="model_not_found"), PermanentError),
+        (401, body(code="invalid_api_key"), KeyRefusedError),
+        (403, body(), KeyRefusedError),
+        (404, body(code="model_not_found"), ModelUnavailableError),
+        (404, b'{"detail": "Not Found"}', ModelUnavailableError),
         (413, body(type="server_error"), PermanentError),
         (415, b'{"detail": "Unsupported media type"}', PermanentError),
         (422, b'{"detail": [{"loc": ["body", "file"], "msg": "field required"}]}', PermanentError),
@@ -168,9 +168,9 @@ def body(**error: object) -> bytes:
         (429, body(type="requests", code="rate_limit_exceeded"), RetryableError),
         (429, body(type="rate_limit_error", code="slow_down"), RetryableError),
         (500, body(type="server_error"), RetryableError),
-        (502, b"<html><title>502 Bad Gateway</title></html>", RetryableError),
-        (503, b'{"error": "model loading"}', RetryableError),
-        (504, b"", RetryableError),
+        (502, b"<html><title>502 Bad Gateway</title></html>", UnreachableError),
+        (503, b'{"error": "model loading"}', UnreachableError),
+        (504, b"", UnreachableError),
         (429, body(type="insufficient_quota", code="insufficient_quota"), QuotaExhaustedError),
         (429, body(type="insufficient_quota", code="credit_balance_exhausted"), QuotaExhaustedError),
         (429, body(code="organization_spend_limit_exceeded"), QuotaExhaustedError),

@@ -16,7 +16,6 @@ from pathlib import Path
 
 import psutil
 import pytest
-
 from conftest import BECKETT, make_media
 from transcribed.media import child_environment
 

@@ -16,7 +16,6 @@ from pathlib import Path
 
 import pytest
 import trio
-
 from transcribed.systemd import Notifier
 
 # How long a test waits for one datagram that should already be there.

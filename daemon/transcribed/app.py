@@ -3,15 +3,17 @@
 root nursery
   ├─ progress writer        the single writer of progress files
   ├─ systemd notifier       READY=1 once serving, WATCHDOG=1 while the loop is healthy
-  ├─ signal watcher         first SIGTERM/SIGINT drains, a second one stops at once
+  ├─ signal watcher         first SIGTERM/SIGINT/SIGHUP drains, a second one stops at once
   └─ workers nursery
-       ├─ job workers × N   one job each at a time; the job boundary records the outcome
+       ├─ job workers × N   one job each at a time, through the job boundary (boundary.py)
        └─ intake nursery    resumed jobs first, then scan + watch + rescan → claimed jobs
+
+Before any of it: the tools it runs are there (ffmpeg, ffprobe, prlimit), the folders exist,
+and this daemon alone owns work/ (lock.py).
 """
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import os
 import shutil
@@ -25,232 +27,80 @@ from pathlib import Path
 import structlog
 import trio
 
-from transcribed.atomic import atomic_write_json, remove_stale_temps
+from transcribed.atomic import remove_stale_temps
+from transcribed.boundary import DaemonDestination, quarantine, run_at_boundary
 from transcribed.config import Config
 from transcribed.engines import Engine, gate_for, open_engine
-from transcribed.errors import ConfigError, JobInterrupted, RejectedFileError, TranscribedError
-from transcribed.failpoints import failpoint
+from transcribed.errors import ConfigError
 from transcribed.intake import (
     Claimer,
-    StemRegistry,
     Watcher,
     recover_work,
     serve_intake,
     watch_with_watchfiles,
 )
-from transcribed.jobs import Services, job_summary, new_progress, run_job
-from transcribed.journal import JobRecord, Journal
-from transcribed.progress import JobProgress, ProgressBoard, isoformat, utc_now
+from transcribed.jobs import Services
+from transcribed.journal import Journal
+from transcribed.lock import hold_work_lock
+from transcribed.media import Decoder, FfmpegDecoder, check_tools
+from transcribed.naming import StemRegistry
+from transcribed.progress import ProgressBoard, isoformat, utc_now
 from transcribed.systemd import Notifier
 
 logger = structlog.get_logger()
 
 EngineFactory = Callable[[Config], AbstractAsyncContextManager[Engine]]
+SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
 
 
 def prepare_folders(config: Config) -> None:
-    """Create the folders, check claims can be atomic, sweep temp files a crash left behind."""
+    """Create the folders and check claims can be atomic. Only work/ and the inbox must be
+    usable to start; trouble with outbox/, done/ or failed/ is waited out where it bites (a
+    fault of the service, never of a file), and logged now."""
     folders = config.folders
     for name, path in folders.items():
         try:
             path.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
-            raise ConfigError(f"cannot create the {name} folder {path}: {exc.strerror}") from None
+            if name in ("inbox", "work"):
+                raise ConfigError(
+                    f"cannot create the {name} folder {path}: {exc.strerror}"
+                ) from None
+            logger.error("daemon.folder_unusable", folder=name, path=str(path), error=exc.strerror)
+            continue
         if not os.access(path, os.W_OK | os.X_OK):
-            raise ConfigError(f"the {name} folder {path} is not writable by this user")
+            if name in ("inbox", "work"):
+                raise ConfigError(f"the {name} folder {path} is not writable by this user")
+            logger.error(
+                "daemon.folder_unusable", folder=name, path=str(path), error="not writable"
+            )
     if folders["inbox"].stat().st_dev != folders["work"].stat().st_dev:
         raise ConfigError(
             f"inbox {folders['inbox']} and work {folders['work']} are on different filesystems",
             hint="claims are atomic renames; put both folders on the same filesystem",
         )
+
+
+def sweep_temps(config: Config) -> None:
+    """Temp files a crash left behind (never seen by readers: dot-names)."""
     for name in ("outbox", "done", "failed"):
-        remove_stale_temps(folders[name])
-
-
-def _unique_path(folder: Path, stem: str, suffix: str) -> Path:
-    """FOLDER/STEM.SUFFIX, or STEM-2.SUFFIX etc. if that is taken: never overwrite."""
-    target = folder / f"{stem}{suffix}"
-    number = 1
-    while target.exists():
-        number += 1
-        target = folder / f"{stem}-{number}{suffix}"
-    return target
-
-
-def _primary_error(errors: list[Exception]) -> Exception:
-    """The error that best explains a failed job: the file's fault first, then the engine's;
-    an interruption only when nothing else went wrong."""
-    errors = [e for e in errors if not isinstance(e, JobInterrupted)] or errors
-    for kind in (RejectedFileError, TranscribedError):
-        for error in errors:
-            if isinstance(error, kind):
-                return error
-    return errors[0]
-
-
-def _leaves(group: BaseExceptionGroup[Exception]) -> list[Exception]:
-    leaves: list[Exception] = []
-    for error in group.exceptions:
-        if isinstance(error, BaseExceptionGroup):
-            leaves.extend(_leaves(error))
-        else:
-            leaves.append(error)
-    return leaves
+        try:
+            remove_stale_temps(config.folder(name))
+        except OSError as exc:
+            logger.warning("daemon.sweep_failed", folder=name, error=exc.strerror)
 
 
 class Daemon:
-    """Everything one running daemon shares between its tasks."""
+    """Everything one running daemon shares between its job workers."""
 
-    def __init__(self, config: Config, services: Services, stems: StemRegistry) -> None:
-        self.config = config
+    def __init__(self, services: Services, destination: DaemonDestination) -> None:
         self.services = services
-        self.stems = stems
-        self.folders = config.folders
+        self.destination = destination
 
     async def serve_job_worker(self, jobs: trio.MemoryReceiveChannel[Journal]) -> None:
         async with jobs:
             async for journal in jobs:
-                await self.process_job(journal)
-
-    async def process_job(self, journal: Journal) -> None:
-        """The job boundary: run one job and record its outcome; only Cancelled escapes.
-
-        The outcome is made durable in job.json (state `published` or `failed`) before anything
-        is moved, so a crash at any point afterwards is finished by the next start.
-        """
-        record = await trio.to_thread.run_sync(journal.load)
-        progress = new_progress(self.services, record)
-        if record.state in ("published", "failed"):
-            await self._conclude(journal, record, progress)
-            return
-        # Counted before any risky step, so a file that kills the daemon every time it is
-        # tried cannot crash-loop the service (poison); a graceful stop gives the attempt back.
-        record = dataclasses.replace(record, attempts=record.attempts + 1)
-        await trio.to_thread.run_sync(journal.save, record)
-        failpoint("job.started")
-        log = logger.bind(job_id=record.job_id)
-        started = trio.current_time()
-        failure: Exception | None = None
-        finished = False
-        try:
-            if record.attempts > self.config.max_attempts:
-                raise RejectedFileError(
-                    f"this file stopped the daemon {record.attempts - 1} times while it was being transcribed",
-                    hint="it is probably damaged or hostile; convert it to a common format and drop it again",
-                    code="poison",
-                )
-            outcome = await run_job(
-                self.services,
-                journal,
-                record,
-                progress,
-                output_dir=self.folders["outbox"],
-                source=journal.folder / record.source_file,
-            )
-            finished = True
-        except* Exception as group:
-            failure = _primary_error(_leaves(group))
-            finished = True
-        finally:
-            if not finished or isinstance(failure, JobInterrupted):
-                # stopped by a signal: the job stays in work/ and resumes at the next start
-                self.services.board.update(
-                    progress,
-                    state="waiting",
-                    waiting_reason="daemon stopped; resumes at its next start",
-                )
-        seconds = round(trio.current_time() - started, 2)
-        if isinstance(failure, JobInterrupted):
-            record = dataclasses.replace(record, attempts=record.attempts - 1)
-            await trio.to_thread.run_sync(journal.save, record)
-            log.info(
-                "job.interrupted",
-                seconds=seconds,
-                pieces_done=progress.pieces_done,
-                source=record.display_name,
-            )
-            return
-        if failure is not None:
-            record = dataclasses.replace(
-                record, state="failed", error=self._explain(record, failure, seconds)
-            )
-        else:
-            record = dataclasses.replace(
-                record, state="published", outputs=[p.name for p in outcome.outputs]
-            )
-            log.info(
-                "job.finished", outcome="done", seconds=seconds, **job_summary(record, outcome)
-            )
-        await trio.to_thread.run_sync(journal.save, record)
-        failpoint("job.concluded")
-        await self._conclude(journal, record, progress)
-
-    def _explain(self, record: JobRecord, error: Exception, seconds: float) -> dict[str, str]:
-        """The failure in words for NAME.error.json, logged once as job.finished."""
-        log = logger.bind(job_id=record.job_id)
-        if isinstance(error, TranscribedError):
-            reason, hint, code = error.reason, error.hint, error.code
-            log.warning(
-                "job.finished",
-                outcome="failed",
-                error=code,
-                reason=reason,
-                seconds=seconds,
-                source=record.display_name,
-            )
-        else:
-            reason = f"internal error: {type(error).__name__}: {error}"
-            hint, code = "this is a bug in transcribed; please report it with the log", "internal"
-            log.error(
-                "job.finished",
-                outcome="failed",
-                error=code,
-                seconds=seconds,
-                source=record.display_name,
-                exc_info=error,
-            )
-        return {"error": code, "reason": reason, "what_to_do": hint}
-
-    async def _conclude(self, journal: Journal, record: JobRecord, progress: JobProgress) -> None:
-        """Finish a published or failed job: explain a failure, move the source, publish the
-        final progress, remove the job folder. Every step may be repeated after a crash."""
-        board = self.services.board
-        failed = record.state == "failed"
-        source = journal.folder / record.source_file
-        suffix = Path(record.source_file).suffix
-
-        def dispose() -> None:
-            present = source.exists()
-            target = _unique_path(self.folders["failed" if failed else "done"], record.stem, suffix)
-            explanation_path = self.folders["failed"] / f"{record.stem}.error.json"
-            # after a crash the explanation may already be there, naming where the source went
-            if failed and (present or not explanation_path.exists()):
-                explanation = {
-                    "source": record.display_name,
-                    "job_id": record.job_id,
-                    **(record.error or {}),
-                    "moved_to": str(target) if present else None,
-                    "failed_at": isoformat(board.now()),
-                }
-                atomic_write_json(explanation_path, explanation)
-            if not present:
-                return
-            if not failed and self.config.after_success == "delete":
-                source.unlink()
-            else:
-                shutil.move(source, target)
-
-        await trio.to_thread.run_sync(dispose)
-        failpoint("job.source_disposed")
-        if failed:
-            board.update(progress, state="failed", last_error=(record.error or {}).get("reason"))
-        else:
-            board.update(progress, state="done", outputs=record.outputs)
-        # The final progress is on disk before the job folder goes: after that, nothing would
-        # ever correct a stale "transcribing".
-        await board.wait_written(progress)
-        await trio.to_thread.run_sync(journal.remove)
-        self.stems.release(record.stem)
+                await run_at_boundary(self.services, journal, self.destination)
 
 
 async def run_daemon(
@@ -262,10 +112,11 @@ async def run_daemon(
     install_signal_handlers: bool = True,
     shutdown: trio.Event | None = None,
     engine_factory: EngineFactory = open_engine,
+    decoder: Decoder | None = None,
     free_space: Callable[[Path], int] = lambda path: shutil.disk_usage(path).free,
     task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
 ) -> None:
-    """Run until SIGTERM/SIGINT (or `shutdown` is set): drain, journal, return.
+    """Run until SIGTERM/SIGINT/SIGHUP (or `shutdown` is set): drain, journal, return.
 
     Signals are taken from the very start: one during start-up (loading models, resuming) stops
     at once; once serving, the first drains and a second stops at once.
@@ -285,6 +136,7 @@ async def run_daemon(
                 shutdown,
                 ready,
                 engine_factory,
+                decoder,
                 free_space,
                 task_status,
             )
@@ -300,25 +152,74 @@ async def _serve(
     shutdown: trio.Event,
     ready: trio.Event,
     engine_factory: EngineFactory,
+    decoder: Decoder | None,
     free_space: Callable[[Path], int],
     task_status: trio.TaskStatus[None],
 ) -> None:
+    if decoder is None:
+        check_tools()
+        decoder = FfmpegDecoder(
+            probe_timeout=config.probe_timeout,
+            max_seconds=config.max_audio_seconds,
+            stall_timeout=config.decode_stall_timeout,
+            limits=config.media_limits,
+        )
     prepare_folders(config)
     folders = config.folders
+    with hold_work_lock(folders["work"]):
+        await _serve_owned(
+            config, watcher, now, notifier, shutdown, ready, engine_factory, decoder,
+            free_space, task_status,
+        )  # fmt: skip
+
+
+async def _serve_owned(
+    config: Config,
+    watcher: Watcher,
+    now: Callable[[], datetime],
+    notifier: Notifier,
+    shutdown: trio.Event,
+    ready: trio.Event,
+    engine_factory: EngineFactory,
+    decoder: Decoder,
+    free_space: Callable[[Path], int],
+    task_status: trio.TaskStatus[None],
+) -> None:
+    folders = config.folders
+    sweep_temps(config)
     stems = StemRegistry(folders["outbox"])
-    resumable = await trio.to_thread.run_sync(recover_work, folders["work"], stems)
+    resumable = await trio.to_thread.run_sync(
+        partial(
+            recover_work,
+            folders["work"],
+            stems,
+            quarantine=lambda folder, reason: quarantine(
+                folder, folders["failed"], reason, isoformat(now())
+            ),
+        )
+    )
     board = ProgressBoard(folders["outbox"], now=now)
 
     async with engine_factory(config) as engine:
         services = Services(
             config=config,
             engine=engine,
-            gate=gate_for(config, engine),
+            gate=gate_for(config, engine.traits),
             board=board,
+            decoder=decoder,
             free_space=free_space,
             watched_folders=(folders["work"], folders["outbox"]),
         )
-        daemon = Daemon(config, services, stems)
+        daemon = Daemon(
+            services,
+            DaemonDestination(
+                output_dir=folders["outbox"],
+                done=folders["done"],
+                failed=folders["failed"],
+                after_success=config.after_success,
+                stems=stems,
+            ),
+        )
         claimer = Claimer(config, stems, now=now)
         async with trio.open_nursery() as root:
             root.start_soon(board.serve_writer)
@@ -332,9 +233,7 @@ async def _serve(
                 async with send, trio.open_nursery() as intake:
                     intake.start_soon(_feed, send.clone(), resumable)
                     await intake.start(
-                        partial(
-                            serve_intake, watcher=watcher, short_of_space=services.short_of_space
-                        ),
+                        partial(serve_intake, watcher=watcher, pause_reason=services.pause_reason),
                         config,
                         send.clone(),
                         claimer,
@@ -342,7 +241,7 @@ async def _serve(
                     logger.info(
                         "daemon.ready",
                         root=str(config.root),
-                        engine=engine.name,
+                        engine=engine.traits.name,
                         resumed=len(resumable),
                         inbox=str(folders["inbox"]),
                     )
@@ -373,7 +272,7 @@ async def _serve_signals(
     everything: trio.CancelScope,
     task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
 ) -> None:
-    with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+    with trio.open_signal_receiver(*SIGNALS) as signals:
         task_status.started()
         async for signum in signals:
             name = signal.Signals(signum).name

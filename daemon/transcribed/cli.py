@@ -21,14 +21,17 @@ from typing import Any
 import structlog
 import trio
 
+from transcribed import failpoints
 from transcribed.app import read_progress_files, run_daemon
+from transcribed.boundary import JobReport, OneShotDestination, run_at_boundary
 from transcribed.config import Config, key_specs, load_config
 from transcribed.engines import gate_for, open_engine
 from transcribed.errors import ConfigError, TranscribedError
-from transcribed.intake import StemRegistry, new_job_id, safe_stem
-from transcribed.jobs import Services, job_summary, new_progress, run_job
-from transcribed.journal import JobRecord, Journal, encode_name
+from transcribed.jobs import Services, source_key
+from transcribed.journal import JobRecord, Journal
 from transcribed.logs import configure_logging
+from transcribed.media import FfmpegDecoder, check_tools
+from transcribed.naming import StemRegistry, encode_name, new_job_id, safe_stem
 from transcribed.progress import ProgressBoard, isoformat, utc_now
 
 logger = structlog.get_logger()
@@ -80,15 +83,21 @@ def _config_from(args: argparse.Namespace) -> Config:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
     try:
         config = _config_from(args)
     except ConfigError as exc:
         print(f"transcribed: configuration error: {exc}", file=sys.stderr)
         return EXIT_CONFIG
+    if args.command == "transcribe":
+        missing = [str(f) for f in args.files if not f.is_file()]
+        if missing:
+            parser.error(f"not a file: {', '.join(missing)}")  # exit 2: a usage error
+    failpoints.arm(os.environ.get(failpoints.ENV))
     configure_logging(log_format=config.log_format, level=config.log_level)
-    error: TranscribedError | None = None
-    return_code = EXIT_FAILED
+    errors: list[TranscribedError] = []
+    interrupted = False
     try:
         if args.command == "run":
             trio.run(run_daemon, config)
@@ -98,24 +107,24 @@ def main(argv: list[str] | None = None) -> int:
             return EXIT_FAILED if failures else 0
         return show_status(config, as_json=args.json)
     except* TranscribedError as group:
-        error = _first_leaf(group)
+        # start-up errors (a job's own errors never get here: the job boundary keeps them)
+        errors = [e for e in _leaves(group) if isinstance(e, TranscribedError)]
     except* KeyboardInterrupt:
-        return_code = 130
-    if error is None:
-        return return_code
-    if isinstance(error, ConfigError):
-        print(f"transcribed: configuration error: {error}", file=sys.stderr)
-        return EXIT_CONFIG
-    print(f"transcribed: {error}", file=sys.stderr)
-    return EXIT_FAILED
+        interrupted = True
+    if interrupted:
+        return 130
+    configs = [e for e in errors if isinstance(e, ConfigError)]
+    for error in configs or errors:
+        prefix = "configuration error: " if configs else ""
+        print(f"transcribed: {prefix}{error}", file=sys.stderr)
+    return EXIT_CONFIG if configs else EXIT_FAILED
 
 
-def _first_leaf(group: BaseExceptionGroup[TranscribedError]) -> TranscribedError:
-    error: BaseException = group
-    while isinstance(error, BaseExceptionGroup):
-        error = error.exceptions[0]
-    assert isinstance(error, TranscribedError)
-    return error
+def _leaves(group: BaseExceptionGroup[TranscribedError]) -> list[BaseException]:
+    leaves: list[BaseException] = []
+    for error in group.exceptions:
+        leaves.extend(_leaves(error) if isinstance(error, BaseExceptionGroup) else [error])
+    return leaves
 
 
 def show_status(config: Config, *, as_json: bool) -> int:
@@ -141,28 +150,46 @@ def show_status(config: Config, *, as_json: bool) -> int:
 
 
 async def transcribe_files(config: Config, files: list[Path], out: Path | None) -> int:
-    """The one-shot command: each file through the same pipeline as the daemon, outputs next to
-    it (or in `out`), the source left where it is. Returns the number of files that failed."""
-    missing = [f for f in files if not f.is_file()]
-    if missing:
-        raise ConfigError(f"not a file: {', '.join(map(str, missing))}")
+    """The one-shot command: each file through the daemon's own job boundary, outputs next to
+    it (or in `out`), the source left where it is. Returns the number of files that failed; a
+    failure (even a bug) in one file never stops the others."""
+    check_tools()
     board = ProgressBoard(None)
+    registries: dict[Path, StemRegistry] = {}
     failures = 0
     async with open_engine(config) as engine:
         services = Services(
-            config=config, engine=engine, gate=gate_for(config, engine), board=board
+            config=config,
+            engine=engine,
+            gate=gate_for(config, engine.traits),
+            board=board,
+            decoder=FfmpegDecoder(
+                probe_timeout=config.probe_timeout,
+                max_seconds=config.max_audio_seconds,
+                stall_timeout=config.decode_stall_timeout,
+                limits=config.media_limits,
+            ),
         )
         limiter = trio.CapacityLimiter(config.job_workers)
 
         async def one(path: Path) -> None:
             nonlocal failures
+            folder = (out or path.parent).absolute()
+            stems = registries.setdefault(folder, StemRegistry(folder))
             async with limiter:
-                ok = await _transcribe_one(
-                    services,
-                    path.absolute(),  # noqa: ASYNC240 - no I/O, just joins the working directory
-                    (out or path.parent).absolute(),
+                report = await _transcribe_one(services, path.absolute(), stems)  # noqa: ASYNC240
+            if report.outcome == "done":
+                names = " ".join(p.suffix for p in report.outputs[1:])
+                first = report.outputs[0] if report.outputs else folder
+                print(f"{report.record.display_name}: {first} ({names})", file=sys.stderr)
+            else:
+                failures += 1
+                error = report.error or {}
+                hint = f" ({error['what_to_do']})" if error.get("what_to_do") else ""
+                print(
+                    f"transcribed: {report.record.display_name}: {error.get('reason')}{hint}",
+                    file=sys.stderr,
                 )
-            failures += 0 if ok else 1
 
         async with trio.open_nursery() as nursery:
             if sys.stderr.isatty():
@@ -174,8 +201,8 @@ async def transcribe_files(config: Config, files: list[Path], out: Path | None) 
     return failures
 
 
-async def _transcribe_one(services: Services, path: Path, out: Path) -> bool:
-    out.mkdir(parents=True, exist_ok=True)  # noqa: ASYNC240 - once per file, before any work
+async def _transcribe_one(services: Services, path: Path, stems: StemRegistry) -> JobReport:
+    stems.folder.mkdir(parents=True, exist_ok=True)
     name = os.fsencode(path.name)
     display, name_b64 = encode_name(name)
     now = utc_now()
@@ -183,30 +210,17 @@ async def _transcribe_one(services: Services, path: Path, out: Path) -> bool:
         job_id=new_job_id(now),
         display_name=display,
         name_b64=name_b64,
-        stem=StemRegistry(out).claim_unique(safe_stem(name)),
-        source_file=path.name,
+        stem=stems.claim_unique(safe_stem(name)),
+        source_file=str(path),  # absolute: the source stays where it is
         claimed_at=isoformat(now),
+        source_key=source_key(path),
     )
-    progress = new_progress(services, record)
     with tempfile.TemporaryDirectory(prefix="transcribed-") as work:
         journal = Journal(Path(work))
-        failure: BaseException | None = None
-        try:
-            outcome = await run_job(
-                services, journal, record, progress, output_dir=out, source=path
-            )
-        except* TranscribedError as group:
-            failure = _first_leaf(group)
-    if failure is not None:
-        services.board.update(progress, state="failed", last_error=str(failure))
-        print(f"transcribed: {display}: {failure}", file=sys.stderr)
-        return False
-    services.board.update(progress, state="done")
-    logger.info(
-        "job.finished", job_id=record.job_id, outcome="done", **job_summary(record, outcome)
-    )
-    print(f"{display}: {out / record.stem}.txt (.srt .vtt .json)", file=sys.stderr)
-    return True
+        journal.save(record)
+        return await run_at_boundary(
+            services, journal, OneShotDestination(output_dir=stems.folder, stems=stems)
+        )
 
 
 async def _show_bars(board: ProgressBoard) -> None:

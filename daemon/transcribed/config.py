@@ -10,7 +10,9 @@ values raise `ConfigError` naming the key and where it came from.
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
+import re
 import tomllib
 import types
 import typing
@@ -123,9 +125,21 @@ class OpenAIConfig:
         "give up on a piece (and fail its job) after retrying it this long", 900.0, min=1.0
     )
     quota_retry_interval: float = _key(
-        "when the account's quota is exhausted, jobs wait and try again after this long",
+        "when the account's quota is exhausted (or the key or model is refused), jobs wait and "
+        "try again after this long",
         900.0,
         min=1.0,
+    )
+    unreachable_retry_interval: float = _key(
+        "when the server stayed unreachable for a piece's whole retry budget, all requests "
+        "pause this long (nothing fails) and then try again",
+        120.0,
+        min=1.0,
+    )
+    max_retry_after: float = _key(
+        "honour a server's Retry-After up to this many seconds (a longer one is cut to this)",
+        600.0,
+        min=0.0,
     )
     price_per_minute: float | None = _key(
         "US dollars per audio minute; default: by model (whisper-1 0.006, gpt-4o-transcribe 0.006, "
@@ -188,7 +202,18 @@ class Config:
         "fail a job whose decoder produces nothing for this long", 120.0, min=1.0
     )
     max_attempts: int = _key(
-        "a job that crashed or hung the daemon this many times goes to failed/", 3, min=1, max=100
+        "a job that crashed the daemon this many times in a row without finishing a single new "
+        "piece goes to failed/ (poison)",
+        3,
+        min=1,
+        max=100,
+    )
+    service_retry_interval: float = _key(
+        "when a folder cannot be written (permissions, read-only), the job waits this long and "
+        "tries again; nothing fails",
+        30.0,
+        min=0.1,
+        max=3600.0,
     )
     drain_timeout: float = _key(
         "on SIGTERM, let running pieces finish for at most this long", 60.0, min=0.0, max=3600.0
@@ -320,11 +345,13 @@ def _convert(spec: KeySpec, raw: Any, source: str) -> Any:
             spec.type, "text"
         )
         raise ConfigError(
-            f"{where}: {raw!r} is not {kind}", hint=f"{spec.dotted}: {spec.help}"
+            f"{where}: {shown(raw)} is not {kind}", hint=f"{spec.dotted}: {spec.help}"
         ) from None
+    if spec.type is float and not math.isfinite(value):
+        raise ConfigError(f"{where}: {shown(raw)} is not a finite number")
     if spec.choices is not None and value not in spec.choices:
         raise ConfigError(
-            f"{where}: {value!r} is not one of {', '.join(spec.choices)}",
+            f"{where}: {shown(value)} is not one of {', '.join(spec.choices)}",
             hint=f"{spec.dotted}: {spec.help}",
         )
     if spec.min is not None and value < spec.min:
@@ -332,6 +359,26 @@ def _convert(spec: KeySpec, raw: Any, source: str) -> Any:
     if spec.max is not None and value > spec.max:
         raise ConfigError(f"{where}: {value!r} is above the maximum {spec.max:g}")
     return value
+
+
+# Key-shaped text: an API key pasted into the wrong place must not reach stderr (journald).
+_SECRET_PREFIX = re.compile(r"(?:^|[^A-Za-z0-9])(?:sk|rk|pk|gsk|key)[-_]|Bearer\s", re.IGNORECASE)
+_TOKEN = re.compile(r"[A-Za-z0-9_\-+=]{32,}")
+
+
+def looks_secret(text: str) -> bool:
+    """Whether `text` holds something key-shaped: a key prefix, or a long random-looking run."""
+    if _SECRET_PREFIX.search(text):
+        return True
+    return any(sum(ch.isdigit() for ch in token) >= 4 for token in _TOKEN.findall(text))
+
+
+def shown(value: Any) -> str:
+    """A configuration value as an error message may quote it: short and never a secret."""
+    text = str(value)
+    if looks_secret(text):
+        return "the value given (not shown: it looks like a secret)"
+    return repr(text[:80] + ("..." if len(text) > 80 else ""))
 
 
 def _flatten_toml(data: Mapping[str, Any], path: Path) -> dict[str, Any]:

@@ -8,7 +8,6 @@ touches the disk. Offsets are decoded sample counts, never a container's claim.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
 import numpy as np
@@ -104,15 +103,3 @@ class PieceCutter:
         )
         silent = bool(len(smooth) == 0 or float(smooth.max()) < self._planner.threshold)
         return Piece(span=span, audio=audio, silent=silent)
-
-
-async def cut_stream(
-    blocks: AsyncIterator[np.ndarray], limits: PieceLimits
-) -> AsyncIterator[Piece]:
-    """The pieces of a decoded stream, in order, each as soon as it is decided."""
-    cutter = PieceCutter(limits)
-    async for block in blocks:
-        for piece in cutter.feed(block):
-            yield piece
-    for piece in cutter.finish():
-        yield piece

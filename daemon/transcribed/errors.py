@@ -6,11 +6,21 @@
      │                          the job goes to failed/ with NAME.error.json, the daemon goes on
      ├── JobError               a job failed for a reason that is not the file's fault
      ├── JobInterrupted         the daemon is stopping; the job stays in work/ and resumes later
+     ├── ServiceFault           a fault of the service, not of the file (a folder that cannot be
+     │                          written, ...): the job waits in work/ (state "waiting") and is
+     │                          tried again; nothing fails, no new file is claimed meanwhile
+     ├── SourceChanged          the claimed file was still being written: start the job over
      └── EngineError            raised by engines at their transport edge
           ├── RetryableError    try again later (rate limit, 5xx, timeouts, a crashed worker)
-          ├── PermanentError    retrying cannot help (bad request, refused key); fails the job
-          └── QuotaExhaustedError  the account's quota or budget is spent: all spending stops,
-                                jobs wait (state "waiting", reason quota) and are tried again later
+          │    └── UnreachableError  no answer at all (connection refused, reset, timeout, 502-504):
+          │                     once the retry budget is spent, the service pauses; no file fails
+          ├── PermanentError    retrying cannot help (a refused request); fails the job
+          └── ServiceSuspended  the service cannot work at all until someone acts or time passes:
+               │                all spending stops, jobs wait (state "waiting", `kind` as the
+               │                reason) and try again after `retry_interval`
+               ├── QuotaExhaustedError  the account's quota or budget is spent
+               ├── KeyRefusedError      the API key was refused (401/403)
+               └── ModelUnavailableError  the model is unknown or retired (404 model_not_found)
 
 Every error carries a `reason` (what went wrong, in words a clerk understands) and a `hint`
 (what to do about it). Decisions look at the type, never at the message.
@@ -59,6 +69,25 @@ class JobInterrupted(TranscribedError):
     code = "interrupted"
 
 
+class ServiceFault(TranscribedError):
+    """The service cannot go on with this job for now, through no fault of the file: a folder
+    that cannot be written (permissions, a read-only mount), a missing folder. The job stays in
+    work/ and is tried again; `kind` is the short reason shown as `waiting_reason`."""
+
+    code = "service"
+
+    def __init__(self, reason: str, *, hint: str = "", kind: str = "service") -> None:
+        super().__init__(reason, hint=hint)
+        self.kind = kind
+
+
+class SourceChanged(TranscribedError):
+    """The claimed source changed after its claim (a copy that stalled past the settle time and
+    went on): what was transcribed is not the file; the job starts over from the new content."""
+
+    code = "source_changed"
+
+
 class EngineError(TranscribedError):
     """Base of errors raised by an engine."""
 
@@ -75,16 +104,49 @@ class RetryableError(EngineError):
         self.retry_after = retry_after
 
 
+class UnreachableError(RetryableError):
+    """No usable answer came back at all: the server is down, unreachable, or a gateway in front
+    of it failed. Retried like any transient failure; past the retry budget it pauses the
+    service instead of failing the file."""
+
+    code = "unreachable"
+
+
 class PermanentError(EngineError):
     """A failure that retrying the same request cannot fix."""
 
     code = "permanent"
 
 
-class QuotaExhaustedError(EngineError):
-    """The account ran out of quota or credit: no request may be sent until it is topped up.
+class ServiceSuspended(EngineError):
+    """No request may be sent until the condition clears: not a failure of any job. The gate
+    suspends all spending, jobs wait with `kind` as their reason, and try again after
+    `retry_interval` seconds (None: the gate's configured interval)."""
 
-    Not a failure of the job: the gate suspends all spending, jobs wait, and try again later.
-    """
+    code = "suspended"
+    kind = "service"
+
+    def __init__(self, reason: str, *, hint: str = "", retry_interval: float | None = None) -> None:
+        super().__init__(reason, hint=hint)
+        self.retry_interval = retry_interval
+
+
+class QuotaExhaustedError(ServiceSuspended):
+    """The account ran out of quota or credit: no request may be sent until it is topped up."""
 
     code = "quota"
+    kind = "quota"
+
+
+class KeyRefusedError(ServiceSuspended):
+    """The API key was refused (revoked, mistyped, no access to the model)."""
+
+    code = "key"
+    kind = "key"
+
+
+class ModelUnavailableError(ServiceSuspended):
+    """The configured model does not exist (mistyped) or was retired."""
+
+    code = "model"
+    kind = "model"

@@ -19,8 +19,16 @@ def _parse(value: str) -> tuple[str, int]:
     return name, int(count) if count.isdigit() else 1
 
 
-_target: tuple[str, int] | None = _parse(os.environ[ENV]) if os.environ.get(ENV) else None
+_target: tuple[str, int] | None = None
 _hits: dict[str, int] = {}
+
+
+def arm(value: str | None) -> None:
+    """Arm the failpoint named by `value` (the TRANSCRIBED_FAILPOINT setting), read once at
+    start-up by the command line; None disarms."""
+    global _target
+    _target = _parse(value) if value else None
+    _hits.clear()
 
 
 def failpoint(name: str) -> None:

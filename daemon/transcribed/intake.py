@@ -13,9 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import secrets
 import stat
-import unicodedata
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from datetime import datetime
@@ -24,12 +22,19 @@ from pathlib import Path
 import structlog
 import trio
 
-from transcribed.atomic import atomic_write_json
 from transcribed.config import Config
+from transcribed.explanations import write_explanation
 from transcribed.failpoints import failpoint
-from transcribed.journal import JOB_FILE, JobRecord, Journal, encode_name, sweep_trash
-from transcribed.outputs import OUTPUT_SUFFIXES
-from transcribed.progress import PROGRESS_SUFFIX, isoformat, utc_now
+from transcribed.journal import JOB_FILE, CorruptJob, JobRecord, Journal, sweep_trash
+from transcribed.naming import (
+    StemRegistry,
+    encode_name,
+    new_job_id,
+    safe_stem,
+    source_suffix,
+    unique_path,
+)
+from transcribed.progress import isoformat, utc_now
 
 logger = structlog.get_logger()
 
@@ -57,62 +62,6 @@ def is_candidate_name(name: bytes) -> bool:
         return False
     lowered = name.lower()
     return not any(lowered.endswith(suffix.encode()) for suffix in TEMP_SUFFIXES)
-
-
-def safe_stem(name: bytes) -> str:
-    """A file-name stem for outputs, made from a producer's name: printable, no path tricks."""
-    text = unicodedata.normalize("NFC", name.decode("utf-8", "replace"))
-    stem, dot, suffix = text.rpartition(".")
-    if not dot or not stem or len(suffix) > 8:
-        stem = text
-    cleaned = "".join(
-        "_" if ch in "/\\" or not ch.isprintable() or ch == "\ufffd" else ch for ch in stem
-    )
-    cleaned = " ".join(cleaned.split()).lstrip(".-_ ")
-    encoded = cleaned.encode("utf-8")[:150]
-    return encoded.decode("utf-8", "ignore").strip() or "recording"
-
-
-def source_suffix(name: bytes) -> str:
-    """The original extension if it is plain (ffmpeg sniffs content; this only helps humans)."""
-    _, dot, suffix = name.rpartition(b".")
-    if dot and 1 <= len(suffix) <= 8 and suffix.isalnum():
-        return "." + suffix.decode("ascii").lower()
-    return ""
-
-
-def new_job_id(now: datetime) -> str:
-    return f"{now:%Y%m%dT%H%M%S}-{secrets.token_hex(3)}"
-
-
-class StemRegistry:
-    """Output stems in use: never overwrite a transcript, never let two jobs share a name."""
-
-    def __init__(self, outbox: Path) -> None:
-        self.outbox = outbox
-        self._reserved: set[str] = set()
-
-    def reserve(self, stem: str) -> None:
-        self._reserved.add(stem)
-
-    def release(self, stem: str) -> None:
-        self._reserved.discard(stem)
-
-    def _taken(self, stem: str) -> bool:
-        if stem in self._reserved:
-            return True
-        return any(
-            (self.outbox / f"{stem}{suffix}").exists()
-            for suffix in (*OUTPUT_SUFFIXES, PROGRESS_SUFFIX)
-        )
-
-    def claim_unique(self, base: str) -> str:
-        stem, number = base, 1
-        while self._taken(stem):
-            number += 1
-            stem = f"{base}-{number}"
-        self._reserved.add(stem)
-        return stem
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -188,7 +137,11 @@ def list_inbox(inbox: Path) -> Listing:
     """Scan the inbox without following links."""
     files: dict[bytes, tuple[int, int, int]] = {}
     oddities: dict[bytes, tuple[tuple[int, int, int], str]] = {}
-    with os.scandir(os.fsencode(inbox)) as entries:
+    try:
+        scan = os.scandir(os.fsencode(inbox))
+    except FileNotFoundError:  # removed under us: the next pass makes it again
+        return Listing(files=files, oddities=oddities)
+    with scan as entries:
         for entry in entries:
             if not is_candidate_name(entry.name):
                 continue
@@ -247,14 +200,19 @@ class Claimer:
             source_file="source" + source_suffix(name),
             claimed_at=isoformat(moment),
             state="claiming",
+            source_key=list(expected),
         )
         # The record goes first: a crash before the rename leaves a claiming record without a
         # source, which start-up removes; the file is still in the inbox.
-        journal.save(record)
-        failpoint("claim.recorded")
         try:
+            journal.save(record)
+            failpoint("claim.recorded")
             os.rename(source, journal.folder / record.source_file)
-        except FileNotFoundError:
+        except OSError as exc:
+            # vanished (another daemon took it), or work/ or the inbox cannot be written: the
+            # file stays where it is, and the next pass tries again
+            if not isinstance(exc, FileNotFoundError):
+                logger.warning("intake.claim_failed", source=display, error=exc.strerror)
             journal.remove()
             self.stems.release(stem)
             return None
@@ -268,43 +226,42 @@ class Claimer:
         None if the entry vanished. Blocking: call from a thread."""
         entry = os.path.join(os.fsencode(self.inbox), name)
         display, _ = encode_name(name)
-        stem = safe_stem(name)
         suffix = source_suffix(name)
-        number, base = 1, stem
-        while (self.failed / f"{stem}.error.json").exists() or os.path.lexists(
-            self.failed / f"{stem}{suffix}"
-        ):
-            number += 1
-            stem = f"{base}-{number}"
+        stem = unique_path(self.failed, safe_stem(name), (suffix, ".error.json"))
         reason, hint = ODDITIES[kind]
         target = self.failed / f"{stem}{suffix}"
         try:
             os.rename(entry, target)
-            moved_to: str | None = str(target)
+            moved_to: Path | None = target
         except FileNotFoundError:
             return None
         except OSError as exc:  # another filesystem: leave it, but say why
             logger.warning("intake.reject_move_failed", source=display, error=exc.strerror)
             moved_to = None
-        explanation = self.failed / f"{stem}.error.json"
-        atomic_write_json(
-            explanation,
-            {
-                "source": display,
-                "job_id": None,
-                "error": kind,
-                "reason": reason,
-                "what_to_do": hint,
-                "moved_to": moved_to,
-                "failed_at": isoformat(self.now()),
-            },
-        )
-        return explanation
+        try:
+            return write_explanation(
+                self.failed,
+                stem,
+                source=display,
+                job_id=None,
+                error={"error": kind, "reason": reason, "what_to_do": hint},
+                moved_to=moved_to,
+                at=isoformat(self.now()),
+            )
+        except OSError as exc:  # failed/ cannot be written: try again at the next pass
+            logger.warning("intake.reject_failed", source=display, error=exc.strerror)
+            return None
 
 
-def recover_work(work: Path, stems: StemRegistry) -> list[Journal]:
+def recover_work(
+    work: Path,
+    stems: StemRegistry,
+    *,
+    quarantine: Callable[[Path, str], None],
+) -> list[Journal]:
     """Jobs a previous run left in work/: resumable ones are returned (oldest first), leftovers
-    of interrupted claims are removed."""
+    of interrupted claims are removed, and a job whose record is unreadable is handed to
+    `quarantine` (one bad job must not stop every start). Blocking: call from a thread."""
     sweep_trash(work)
     resumable: list[tuple[str, Journal]] = []
     for entry in sorted(os.scandir(work), key=lambda e: e.name):
@@ -321,7 +278,12 @@ def recover_work(work: Path, stems: StemRegistry) -> list[Journal]:
             )
             journal.remove()
             continue
-        record = journal.load()
+        try:
+            record = journal.load()
+        except CorruptJob as exc:
+            logger.error("intake.corrupt_job", folder=entry.path, error=str(exc.__cause__))
+            quarantine(journal.folder, str(exc.__cause__))
+            continue
         if record.state == "claiming" and not (journal.folder / record.source_file).exists():
             journal.remove()
             continue
@@ -330,39 +292,64 @@ def recover_work(work: Path, stems: StemRegistry) -> list[Journal]:
     return [journal for _, journal in sorted(resumable, key=lambda item: item[0])]
 
 
+def ensure_inbox(inbox: Path) -> int:
+    """The inbox's inode, recreating the folder if someone removed it. Blocking."""
+    try:
+        return inbox.stat().st_ino
+    except FileNotFoundError:
+        inbox.mkdir(parents=True, exist_ok=True)
+        logger.warning("intake.inbox_recreated", inbox=str(inbox))
+        return inbox.stat().st_ino
+
+
 async def serve_intake(
     config: Config,
     claimed: trio.MemorySendChannel[Journal],
     claimer: Claimer,
     *,
     watcher: Watcher = watch_with_watchfiles,
-    short_of_space: Callable[[], str | None] = lambda: None,
+    pause_reason: Callable[[], str | None] = lambda: None,
     task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Scan, watch and rescan the inbox forever, sending each claimed job down `claimed`.
 
     Sending blocks until a job worker is free, so files wait in the inbox (not in work/) while
     the daemon is busy: backpressure, and other daemons sharing the inbox can take them. While
-    `short_of_space()` names a folder, nothing is claimed (files stay in the inbox, untouched).
+    `pause_reason()` says why (a full disk, a folder that cannot be written, a suspended
+    engine), nothing is claimed: files stay in the inbox, untouched. A removed inbox is made
+    again and the watcher re-armed on the new folder.
     """
     inbox = config.folder("inbox")
     tracker = SettleTracker(config.settle_interval)
     poke = trio.Event()
     paused_for: str | None = None
+    watched_inode = await trio.to_thread.run_sync(ensure_inbox, inbox)
+    rearm = trio.Event()
 
     async def serve_watcher(task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        nonlocal poke
+        nonlocal poke, rearm
         task_status.started()
         while True:
-            try:
-                async for _ in watcher(inbox):
-                    poke.set()
-            except Exception as exc:
-                logger.warning(
-                    "intake.watcher_failed", error=repr(exc), retry_in=WATCHER_RESTART_DELAY
-                )
+            rearm = trio.Event()
+            with trio.CancelScope() as scope:
+
+                async def cancel_on_rearm(event: trio.Event = rearm) -> None:
+                    await event.wait()
+                    scope.cancel()
+
+                async with trio.open_nursery() as nursery:
+                    nursery.start_soon(cancel_on_rearm)
+                    try:
+                        async for _ in watcher(inbox):
+                            poke.set()
+                    except Exception as exc:
+                        logger.warning(
+                            "intake.watcher_failed", error=repr(exc), retry_in=WATCHER_RESTART_DELAY
+                        )
+                    nursery.cancel_scope.cancel()
             poke.set()  # whatever was missed meanwhile, the rescan finds
-            await trio.sleep(WATCHER_RESTART_DELAY)
+            if not scope.cancelled_caught:
+                await trio.sleep(WATCHER_RESTART_DELAY)
 
     async with claimed, trio.open_nursery() as nursery:
         # the watcher first, then the scan: nothing that lands in between is missed
@@ -370,15 +357,20 @@ async def serve_intake(
         task_status.started()
         while True:
             poke = trio.Event()
+            inode = await trio.to_thread.run_sync(ensure_inbox, inbox)
+            if inode != watched_inode:
+                watched_inode = inode
+                logger.info("intake.watcher_rearmed", inbox=str(inbox))
+                rearm.set()
             listing = await trio.to_thread.run_sync(list_inbox, inbox)
-            short = short_of_space()
-            if short != paused_for:
-                if short:
-                    logger.warning("intake.paused", reason="disk", folder=short)
+            reason = pause_reason()
+            if reason != paused_for:
+                if reason:
+                    logger.warning("intake.paused", reason=reason)
                 else:
                     logger.info("intake.resumed")
-                paused_for = short
-            settled = [] if short else tracker.observe(listing.keys(), trio.current_time())
+                paused_for = reason
+            settled = [] if reason else tracker.observe(listing.keys(), trio.current_time())
             for name in settled:
                 tracker.forget(name)
                 if name in listing.oddities:
@@ -393,7 +385,7 @@ async def serve_intake(
                 await claimed.send(journal)
             deadline = trio.current_time() + config.rescan_interval
             settle = tracker.next_deadline()
-            if settle is not None:
+            if settle is not None and not reason:
                 deadline = min(deadline, settle)
             with trio.move_on_at(deadline):
                 await poke.wait()

@@ -1,16 +1,26 @@
-"""One job's pipeline, from a claimed source to published transcripts.
+"""One job's pipeline, from a claimed source to published transcripts, as named steps.
 
-validate (probe) → decode once, plan and cut as the audio streams by → transcribe pieces
-concurrently through the shared gate (bounded look-ahead) → journal each piece → merge →
-write outputs atomically. `run_job` raises on failure; the caller's job boundary (app.py, cli.py)
-decides what happens to the source.
+    validate        the source is still what was claimed, not empty, readable, media with audio
+    check_cost      (an engine that costs money) decode once to count the real duration, refuse
+                    a file over the cap before anything is spent
+    PieceScheduler  decode once, plan and cut as the audio streams by, reuse journaled pieces,
+                    skip silent ones, transcribe the rest concurrently through the shared gate
+                    with a bounded look-ahead, journal each; stop cutting when the daemon drains
+    merge           piece results → one timed transcript, warnings
+    publish         the source is still unchanged, the disk has room, outputs written atomically
+
+`run_job` runs them in order over a `Job` and raises the job's own error (never an exception
+group): RejectedFileError (the file's fault), ServiceFault (a folder's), SourceChanged (start
+over), JobInterrupted (draining), EngineError. The job boundary (boundary.py) decides what each
+means for the source.
 """
 
 from __future__ import annotations
 
+import errno
+import os
 import shutil
-from collections.abc import AsyncIterator, Callable
-from contextlib import AbstractAsyncContextManager
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -20,20 +30,47 @@ import trio
 
 from transcribed.config import Config
 from transcribed.cutting import Piece, PieceCutter
-from transcribed.engines import retry_policy_for
-from transcribed.engines.base import Engine, PieceResult
-from transcribed.errors import JobInterrupted, RejectedFileError, RetryableError
+from transcribed.engines.base import Engine, EngineTraits, PieceResult, Segment
+from transcribed.errors import (
+    JobInterrupted,
+    RejectedFileError,
+    RetryableError,
+    ServiceFault,
+    SourceChanged,
+)
 from transcribed.failpoints import failpoint
 from transcribed.gate import Gate
 from transcribed.journal import JobRecord, Journal
-from transcribed.media import DecodeError, open_pcm_stream, probe
+from transcribed.media import DecodeError, Decoder, ProbeResult
 from transcribed.merge import merge_pieces
 from transcribed.outputs import write_outputs
-from transcribed.planning import SAMPLE_RATE, PieceSpan
+from transcribed.planning import SAMPLE_RATE, PieceLimits, PieceSpan
 from transcribed.progress import JobProgress, ProgressBoard
-from transcribed.retry import RetryPolicy, call_with_retries
+from transcribed.retry import call_with_retries
 
 logger = structlog.get_logger()
+
+DISK_POLL_INTERVAL = 5.0
+# a decoded length this much below the header's claim is worth a warning (and 1 s besides,
+# for containers whose claim is only approximate)
+SHORTFALL_WARNING = 0.05
+
+
+class ServiceHealth:
+    """Faults of the service that jobs are waiting out now (a folder that cannot be written):
+    while there is one, intake claims nothing, so no new file walks into the same wall."""
+
+    def __init__(self) -> None:
+        self._faults: dict[str, str] = {}
+
+    def report(self, key: str, reason: str) -> None:
+        self._faults[key] = reason
+
+    def clear(self, key: str) -> None:
+        self._faults.pop(key, None)
+
+    def reason(self) -> str | None:
+        return next(iter(self._faults.values()), None)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -44,43 +81,65 @@ class Services:
     engine: Engine
     gate: Gate
     board: ProgressBoard
+    decoder: Decoder
     # Set when the daemon stops: jobs cut no new pieces, let those in flight finish, and end
     # with JobInterrupted (they resume at the next start).
     draining: trio.Event = field(default_factory=trio.Event)
+    health: ServiceHealth = field(default_factory=ServiceHealth)
     # Free bytes on the filesystem holding a folder (injected so tests can fill the disk).
     free_space: Callable[[Path], int] = field(default=lambda path: shutil.disk_usage(path).free)
     # Where the job writes (journal and outputs); empty for the one-shot command's temp dirs.
     watched_folders: tuple[Path, ...] = ()
 
+    @property
+    def traits(self) -> EngineTraits:
+        return self.engine.traits
+
     def short_of_space(self) -> str | None:
         """The folder whose filesystem has less than min_free_space_mb free, if any."""
         needed = self.config.min_free_space_mb << 20
         for folder in self.watched_folders:
-            if self.free_space(folder) < needed:
-                return str(folder)
+            try:
+                if self.free_space(folder) < needed:
+                    return str(folder)
+            except OSError:
+                return str(folder)  # a folder that vanished: no room to write there either
         return None
 
+    def pause_reason(self) -> str | None:
+        """Why nothing new should be claimed now, if anything: the disk, a folder, the engine."""
+        short = self.short_of_space()
+        if short is not None:
+            return f"disk: less than {self.config.min_free_space_mb} MiB free under {short}"
+        suspension = self.gate.suspension
+        if suspension is not None:
+            return f"{suspension.kind}: {suspension.reason}"
+        return self.health.reason()
 
-DISK_POLL_INTERVAL = 5.0
 
+@dataclass(slots=True, kw_only=True)
+class Job:
+    """One job's context: what every step reads and the little they write."""
 
-async def wait_for_disk(services: Services, progress: JobProgress) -> None:
-    """Before a job writes: while the disk is short, wait (state `waiting`, reason disk) rather
-    than fail or leave half a file; go on when space returns."""
-    folder = services.short_of_space()
-    if folder is None:
-        return
-    state = progress.state
-    services.board.update(
-        progress,
-        state="waiting",
-        waiting_reason=f"disk: less than {services.config.min_free_space_mb} MiB free under {folder}",
-    )
-    logger.warning("job.waiting_for_disk", job_id=progress.job_id, folder=folder)
-    while services.short_of_space() is not None:  # noqa: ASYNC110 - polling the filesystem, no event to wait on
-        await trio.sleep(DISK_POLL_INTERVAL)
-    services.board.update(progress, state=state, waiting_reason=None)
-    logger.info("job.disk_available", job_id=progress.job_id)
+    services: Services
+    journal: Journal
+    record: JobRecord
+    progress: JobProgress
+    source: Path
+    output_dir: Path
+    warnings: list[str] = field(default_factory=list)
+    claimed_seconds: float | None = None
+
+    @property
+    def config(self) -> Config:
+        return self.services.config
+
+    @property
+    def board(self) -> ProgressBoard:
+        return self.services.board
+
+    def update(self, **changes: object) -> None:
+        self.board.update(self.progress, **changes)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -97,198 +156,98 @@ class JobOutcome:
     warnings: list[str] = field(default_factory=list)
 
 
-def new_progress(services: Services, record: JobRecord) -> JobProgress:
-    progress = JobProgress(
-        source=record.display_name,
-        job_id=record.job_id,
-        engine=services.engine.name,
-        model=services.engine.model,
+def source_key(path: Path) -> list[int]:
+    """(inode, size, mtime_ns) of a file: what "unchanged" means for a source."""
+    info = path.stat()
+    return [info.st_ino, info.st_size, info.st_mtime_ns]
+
+
+def folder_fault(exc: OSError, what: str) -> ServiceFault:
+    """An OSError while writing, as the service fault it is (never the file's)."""
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        return ServiceFault(
+            f"no space left to {what}",
+            hint="free some disk space; the job goes on by itself",
+            kind="disk",
+        )
+    return ServiceFault(
+        f"cannot {what}: {exc.strerror or type(exc).__name__}",
+        hint="check the folder exists and the daemon's user may write to it (permissions, a "
+        "read-only mount); the job goes on by itself once it can",
+        kind="folder",
     )
-    return services.board.add(progress, record.stem)
 
 
-async def run_job(
-    services: Services,
-    journal: Journal,
-    record: JobRecord,
-    progress: JobProgress,
-    *,
-    output_dir: Path,
-    source: Path,
-) -> JobOutcome:
-    """Run one job to published outputs. Raises RejectedFileError, EngineError or JobError."""
-    config, board = services.config, services.board
-    log = logger.bind(job_id=record.job_id)
+async def wait_for_disk(job: Job) -> None:
+    """Before a job writes: while the disk is short, wait (state `waiting`, reason disk) rather
+    than fail or leave half a file; go on when space returns."""
+    services = job.services
+    folder = services.short_of_space()
+    if folder is None:
+        return
+    state = job.progress.state
+    job.update(
+        state="waiting",
+        waiting_reason=f"disk: less than {services.config.min_free_space_mb} MiB free under {folder}",
+    )
+    logger.warning("job.waiting_for_disk", folder=folder)
+    while services.short_of_space() is not None:  # noqa: ASYNC110 - polling the filesystem, no event to wait on
+        await trio.sleep(DISK_POLL_INTERVAL)
+    job.update(state=state, waiting_reason=None)
+    logger.info("job.disk_available")
 
-    board.update(progress, state="validating")
-    size = source.stat().st_size  # noqa: ASYNC240 - one stat of a local file
+
+# ---------------------------------------------------------------- the steps
+
+
+async def check_source_unchanged(job: Job) -> None:
+    """SourceChanged if the source is not the file that was claimed (the producer went on
+    writing after the claim); recorded keys from before this check existed are trusted."""
+    if job.record.source_key is None:
+        return
+    key = await trio.to_thread.run_sync(source_key, job.source)
+    if key[1:] != job.record.source_key[1:]:
+        raise SourceChanged(
+            "the file changed after it was claimed (the copy was not finished)",
+            hint="producers should copy under a temporary name (NAME.part) and rename when done",
+        )
+
+
+async def validate(job: Job) -> ProbeResult:
+    """Fail fast, before any spend: the source must be the claimed file, not empty, readable by
+    the daemon's user, and a recording with audio."""
+    job.update(state="validating")
+    await check_source_unchanged(job)
+    size = job.source.stat().st_size
     if size == 0:
         raise RejectedFileError(
             "the file is empty (0 bytes)",
             hint="the upload or copy probably failed; drop the recording again",
             code="empty",
         )
-    info = await probe(source, timeout=config.probe_timeout, limits=config.media_limits)
+    if not os.access(job.source, os.R_OK):
+        raise RejectedFileError(
+            "the daemon's user cannot read this file (its permissions do not allow it)",
+            hint="make it readable (e.g. chmod a+r before dropping it) and drop it again",
+            code="unreadable",
+        )
+    info = await job.services.decoder.probe(job.source)
     failpoint("job.probed")
-    log.info(
+    logger.info(
         "job.probed",
         format=info.format_name,
         codec=info.audio_codec,
         claimed_seconds=info.claimed_duration,
     )
-    if info.claimed_duration is not None and 0 < info.claimed_duration <= config.max_audio_seconds:
+    claimed = info.claimed_duration
+    if claimed is not None and 0 < claimed <= job.config.max_audio_seconds:
         # only an estimate for progress: the decoded sample count is what counts
-        board.update(progress, audio_seconds_total=info.claimed_duration)
-
-    price_per_minute = float(getattr(services.engine, "price_per_minute", 0.0))
-    if price_per_minute > 0:  # an engine that costs nothing does not pay for this pass
-        await _check_cost(services, source, progress, price_per_minute)
-
-    record, limits = await trio.to_thread.run_sync(
-        journal.fix_limits, record, services.engine.limits
-    )
-    done = await trio.to_thread.run_sync(journal.done_pieces)
-    results: dict[int, tuple[PieceSpan, PieceResult]] = {}
-    warnings: list[str] = []
-    counts = {"reused": 0, "silent": 0}
-    max_samples = round(config.max_audio_seconds * SAMPLE_RATE)
-    lookahead = trio.Semaphore(services.engine.capacity + 1)
-    retry_policy = retry_policy_for(config, services.engine)
-
-    async def finish_piece(span: PieceSpan, result: PieceResult) -> None:
-        await wait_for_disk(services, progress)
-        await trio.to_thread.run_sync(journal.record_piece, span, result)
-        results[span.index] = (span, result)
-        board.update(
-            progress,
-            pieces_done=progress.pieces_done + 1,
-            audio_seconds_done=progress.audio_seconds_done
-            + (span.keep_end - span.keep_start) / SAMPLE_RATE,
-            spent_cost=progress.spent_cost + result.cost,
-        )
-
-    async def transcribe_piece(piece: Piece) -> None:
-        try:
-            board.update(progress, pieces_in_flight=progress.pieces_in_flight + 1)
-            try:
-                result = await _transcribe_with_retries(
-                    services, piece, progress, log, retry_policy
-                )
-            finally:
-                board.update(progress, pieces_in_flight=progress.pieces_in_flight - 1)
-            await finish_piece(piece.span, result)
-        finally:
-            lookahead.release()
-
-    async def take(piece: Piece, nursery: trio.Nursery) -> bool:
-        """Account for a piece: reuse its journaled result, skip it if silent, or start
-        transcribing it. False once the daemon is draining (the piece is left for later)."""
-        previous = done.get(piece.index)
-        if previous is not None and previous[0] == piece.span:
-            counts["reused"] += 1
-            results[piece.index] = previous
-            board.update(
-                progress,
-                pieces_done=progress.pieces_done + 1,
-                audio_seconds_done=progress.audio_seconds_done
-                + (piece.span.keep_end - piece.span.keep_start) / SAMPLE_RATE,
-                spent_cost=progress.spent_cost + previous[1].cost,
-            )
-            return True
-        if services.draining.is_set():
-            return False
-        if piece.silent:
-            counts["silent"] += 1
-            await finish_piece(piece.span, PieceResult())
-            return True
-        await lookahead.acquire()
-        if services.draining.is_set():
-            lookahead.release()
-            return False
-        nursery.start_soon(transcribe_piece, piece, name=f"piece-{piece.index}")
-        return True
-
-    board.update(progress, state="transcribing", transcribing_since=trio.current_time())
-    failpoint("job.transcribing")
-    cutter = PieceCutter(limits)
-    interrupted = False
-    async with trio.open_nursery() as nursery:
-        try:
-            async with _decode(config, source) as blocks:
-                async for block in blocks:
-                    for piece in cutter.feed(block):
-                        interrupted = interrupted or not await take(piece, nursery)
-                    if interrupted:
-                        break  # the pieces in flight finish; the nursery waits for them
-                    if cutter.samples_seen > max_samples:
-                        raise _too_long(config.max_audio_seconds)
-        except DecodeError as exc:
-            if cutter.samples_seen < config.min_audio_seconds * SAMPLE_RATE:
-                raise RejectedFileError(
-                    f"no usable audio could be decoded: {exc.reason}",
-                    hint="the file is damaged or truncated; export or copy it again",
-                    code="undecodable",
-                ) from exc
-            at = cutter.samples_seen / SAMPLE_RATE
-            warnings.append(
-                f"the recording is damaged after {at:.1f} s; the rest could not be decoded"
-            )
-            log.warning("job.decode_incomplete", decoded_seconds=round(at, 2), error=exc.reason)
-        total_seconds = cutter.samples_seen / SAMPLE_RATE
-        if not interrupted and total_seconds < config.min_audio_seconds:
-            nursery.cancel_scope.cancel()
-            raise RejectedFileError(
-                f"the file holds only {total_seconds:.2f} s of audio",
-                hint="check the recording; it is empty or cut off",
-                code="too_short",
-            )
-        if not interrupted:
-            board.update(progress, audio_seconds_total=total_seconds)
-            for piece in cutter.finish():
-                interrupted = not await take(piece, nursery)
-            board.update(progress, pieces_total=cutter.pieces_planned)
-    if interrupted:
-        raise JobInterrupted("the daemon is stopping; finished pieces are journaled")
-
-    board.update(progress, state="merging", pieces_total=len(results))
-    segments = merge_pieces((span, result.segments) for span, result in results.values())
-    # Only what the audio and the engine determine: a resumed job's outputs are byte-identical
-    # to an uninterrupted run's (the job id and times are in the progress file).
-    metadata = {
-        "source": record.display_name,
-        "engine": services.engine.name,
-        "model": services.engine.model,
-        "audio_seconds": round(total_seconds, 3),
-        "warnings": warnings,
-    }
-    await wait_for_disk(services, progress)
-    outputs = await trio.to_thread.run_sync(
-        write_outputs, output_dir, record.stem, segments, metadata
-    )
-    cost = sum(result.cost for _, result in results.values())
-    return JobOutcome(
-        pieces=len(results),
-        pieces_reused=counts["reused"],
-        pieces_silent=counts["silent"],
-        segments=len(segments),
-        audio_seconds=total_seconds,
-        cost=cost,
-        outputs=outputs,
-        warnings=warnings,
-    )
+        job.claimed_seconds = claimed
+        job.update(audio_seconds_total=claimed)
+    return info
 
 
-def _decode(config: Config, source: Path) -> AbstractAsyncContextManager[AsyncIterator[np.ndarray]]:
-    """The source's audio as 16 kHz mono blocks, under the configured limits."""
-    return open_pcm_stream(
-        source,
-        max_seconds=config.max_audio_seconds,
-        stall_timeout=config.decode_stall_timeout,
-        limits=config.media_limits,
-    )
-
-
-def _too_long(limit: float) -> RejectedFileError:
+def too_long(limit: float) -> RejectedFileError:
     return RejectedFileError(
         f"the recording is longer than the limit of {limit / 3600:g} hours",
         hint="split it into shorter files, or raise max_audio_seconds",
@@ -296,24 +255,24 @@ def _too_long(limit: float) -> RejectedFileError:
     )
 
 
-async def _check_cost(
-    services: Services, source: Path, progress: JobProgress, price_per_minute: float
-) -> None:
+async def check_cost(job: Job) -> None:
     """Before any spend: decode once to count the real samples (never the header's claim),
     publish the estimated cost, and refuse the file if it is over the cap."""
-    config = services.config
+    traits, config = job.services.traits, job.config
+    if traits.price_per_minute <= 0:  # an engine that costs nothing does not pay for this pass
+        return
     samples = 0
     try:
-        async with _decode(config, source) as blocks:
+        async with job.services.decoder.open_pcm(job.source) as blocks:
             async for block in blocks:
                 samples += len(block)
     except DecodeError as exc:
         samples = exc.samples  # what decodes is what will be sent; the main pass reports damage
     seconds = samples / SAMPLE_RATE
     if seconds > config.max_audio_seconds:
-        raise _too_long(config.max_audio_seconds)
-    estimate = price_per_minute * seconds / 60.0
-    services.board.update(progress, estimated_cost=estimate, audio_seconds_total=seconds)
+        raise too_long(config.max_audio_seconds)
+    estimate = traits.cost(seconds)
+    job.update(estimated_cost=estimate, audio_seconds_total=seconds)
     cap = config.openai.max_cost_per_file
     if estimate > cap:
         raise RejectedFileError(
@@ -324,20 +283,154 @@ async def _check_cost(
         )
 
 
-async def _transcribe_with_retries(
-    services: Services,
-    piece: Piece,
-    progress: JobProgress,
-    log: structlog.typing.FilteringBoundLogger,
-    policy: RetryPolicy,
-) -> PieceResult:
-    board = services.board
+class PieceScheduler:
+    """Decode once; cut, reuse, skip or transcribe each piece as the audio streams by.
+
+    At most `capacity + 1` pieces are cut ahead of the engine (the look-ahead), so memory holds a
+    few pieces however long the recording. A piece's failure is kept and cancels the rest; `run`
+    raises that one error. Once the daemon drains, no new piece is started, those in flight
+    finish, and `run` raises JobInterrupted.
+    """
+
+    def __init__(
+        self, job: Job, limits: PieceLimits, done: dict[int, tuple[PieceSpan, PieceResult]]
+    ) -> None:
+        self.job = job
+        self.limits = limits
+        self.done = done
+        self.results: dict[int, tuple[PieceSpan, PieceResult]] = {}
+        self.reused = 0
+        self.silent = 0
+        self.samples = 0
+        self._lookahead = trio.Semaphore(job.services.traits.capacity + 1)
+        self._failure: Exception | None = None
+        self._interrupted = False
+
+    async def run(self) -> None:
+        async with trio.open_nursery() as nursery:
+            try:
+                await self._stream(nursery)
+            except Exception as exc:
+                self._fail(exc, nursery.cancel_scope)
+        if self._failure is not None:
+            raise self._failure
+        if self._interrupted:
+            raise JobInterrupted("the daemon is stopping; finished pieces are journaled")
+
+    def _fail(self, exc: Exception, scope: trio.CancelScope) -> None:
+        if self._failure is None:
+            self._failure = exc
+        scope.cancel()
+
+    async def _stream(self, nursery: trio.Nursery) -> None:
+        job, config = self.job, self.job.config
+        max_samples = round(config.max_audio_seconds * SAMPLE_RATE)
+        cutter = PieceCutter(self.limits)
+        job.update(state="transcribing", transcribing_since=trio.current_time())
+        failpoint("job.transcribing")
+        try:
+            async with job.services.decoder.open_pcm(job.source) as blocks:
+                async for block in blocks:
+                    for piece in cutter.feed(block):
+                        await self._take(piece, nursery)
+                    if self._interrupted:
+                        return  # the pieces in flight finish; the nursery waits for them
+                    if cutter.samples_seen > max_samples:
+                        raise too_long(config.max_audio_seconds)
+        except DecodeError as exc:
+            if cutter.samples_seen < config.min_audio_seconds * SAMPLE_RATE:
+                raise RejectedFileError(
+                    f"no usable audio could be decoded: {exc.reason}",
+                    hint="the file is damaged or truncated; export or copy it again",
+                    code="undecodable",
+                ) from exc
+            at = cutter.samples_seen / SAMPLE_RATE
+            job.warnings.append(
+                f"the recording is damaged after {at:.1f} s; the rest could not be decoded"
+            )
+            logger.warning("job.decode_incomplete", decoded_seconds=round(at, 2), error=exc.reason)
+        self.samples = cutter.samples_seen
+        seconds = self.samples / SAMPLE_RATE
+        if seconds < config.min_audio_seconds:
+            raise RejectedFileError(
+                f"the file holds only {seconds:.2f} s of audio",
+                hint="check the recording; it is empty or cut off",
+                code="too_short",
+            )
+        job.update(audio_seconds_total=seconds)
+        for piece in cutter.finish():
+            await self._take(piece, nursery)
+        job.update(pieces_total=cutter.pieces_planned)
+
+    async def _take(self, piece: Piece, nursery: trio.Nursery) -> None:
+        """Account for a piece: reuse its journaled result, skip it if silent, or start
+        transcribing it. Once the daemon is draining, the piece is left for the next start."""
+        previous = self.done.get(piece.index)
+        if previous is not None and previous[0] == piece.span:
+            self.reused += 1
+            self._count(piece.span, previous[1])
+            return
+        if self._interrupted or self.job.services.draining.is_set():
+            self._interrupted = True
+            return
+        if piece.silent:
+            self.silent += 1
+            await self._finish(piece.span, PieceResult())
+            return
+        await self._lookahead.acquire()
+        if self.job.services.draining.is_set():
+            self._lookahead.release()
+            self._interrupted = True
+            return
+        nursery.start_soon(
+            self._transcribe, piece, nursery.cancel_scope, name=f"piece-{piece.index}"
+        )
+
+    async def _transcribe(self, piece: Piece, scope: trio.CancelScope) -> None:
+        job = self.job
+        try:
+            job.update(pieces_in_flight=job.progress.pieces_in_flight + 1)
+            try:
+                result = await transcribe_with_retries(job, piece.index, piece.audio)
+            finally:
+                job.update(pieces_in_flight=job.progress.pieces_in_flight - 1)
+            await self._finish(piece.span, result)
+        except Exception as exc:
+            self._fail(exc, scope)
+        finally:
+            self._lookahead.release()
+
+    async def _finish(self, span: PieceSpan, result: PieceResult) -> None:
+        await wait_for_disk(self.job)
+        try:
+            await trio.to_thread.run_sync(self.job.journal.record_piece, span, result)
+        except OSError as exc:
+            raise folder_fault(
+                exc, f"journal a finished piece in {self.job.journal.folder}"
+            ) from exc
+        self._count(span, result)
+
+    def _count(self, span: PieceSpan, result: PieceResult) -> None:
+        self.results[span.index] = (span, result)
+        progress = self.job.progress
+        self.job.update(
+            pieces_done=progress.pieces_done + 1,
+            audio_seconds_done=progress.audio_seconds_done
+            + (span.keep_end - span.keep_start) / SAMPLE_RATE,
+            spent_cost=progress.spent_cost + result.cost,
+        )
+
+
+async def transcribe_with_retries(job: Job, index: int, audio: np.ndarray) -> PieceResult:
+    """One piece through the shared gate, retried as the engine's policy says, with every
+    retry and service wait shown in the job's progress."""
+    services = job.services
 
     def on_retry(error: RetryableError, failures: int) -> None:
-        board.update(progress, retries=progress.retries + 1, last_error=error.reason)
-        log.warning(
+        job.update(retries=job.progress.retries + 1, last_error=error.reason)
+        logger.warning(
             "piece.retrying",
-            piece=piece.index,
+            piece=index,
             failures=failures,
             error=error.reason,
             retry_after=error.retry_after,
@@ -345,29 +438,84 @@ async def _transcribe_with_retries(
 
     def on_wait(reason: str | None) -> None:
         if reason is not None:
-            board.update(progress, state="waiting", waiting_reason=reason)
-            log.warning("job.waiting", reason=reason, piece=piece.index)
-        elif progress.state == "waiting":
-            board.update(progress, state="transcribing", waiting_reason=None)
-            log.info("job.resuming", piece=piece.index)
+            job.update(state="waiting", waiting_reason=reason)
+            logger.warning("job.waiting", reason=reason, piece=index)
+        elif job.progress.state == "waiting":
+            job.update(state="transcribing", waiting_reason=None)
+            logger.info("job.resuming", piece=index)
 
     return await call_with_retries(
-        lambda: services.engine.transcribe(piece.audio),
+        lambda: services.engine.transcribe(audio),
         gate=services.gate,
-        policy=policy,
+        policy=services.traits.retry,
         on_retry=on_retry,
         on_wait=on_wait,
     )
 
 
-def job_summary(record: JobRecord, outcome: JobOutcome) -> dict[str, object]:
-    return {
-        "source": record.display_name,
-        "pieces": outcome.pieces,
-        "pieces_reused": outcome.pieces_reused,
-        "pieces_silent": outcome.pieces_silent,
-        "segments": outcome.segments,
-        "audio_seconds": round(outcome.audio_seconds, 2),
-        "cost": round(outcome.cost, 4),
-        "warnings": outcome.warnings,
+def merge(job: Job, scheduler: PieceScheduler) -> list[Segment]:
+    """The pieces' results as one transcript, and the warnings a reader should see."""
+    job.update(state="merging", pieces_total=len(scheduler.results))
+    segments = merge_pieces((span, result.segments) for span, result in scheduler.results.values())
+    seconds = scheduler.samples / SAMPLE_RATE
+    claimed = job.claimed_seconds
+    if claimed is not None and seconds < claimed * (1 - SHORTFALL_WARNING) - 1.0:
+        job.warnings.append(
+            f"only {seconds:.1f} s of audio decoded, but the file's header claims {claimed:.1f} s: "
+            "the recording may be cut off (an upload or copy that did not finish?)"
+        )
+    if not segments:
+        job.warnings.append(
+            "no speech was found in the recording (a dead microphone, or only room tone?)"
+        )
+    return segments
+
+
+async def publish(job: Job, segments: list[Segment], seconds: float) -> list[Path]:
+    """Write the outputs, only if the source is still the file that was transcribed."""
+    await check_source_unchanged(job)
+    # Only what the audio and the engine determine: a resumed job's outputs are byte-identical
+    # to an uninterrupted run's (the job id and times are in the progress file).
+    metadata = {
+        "source": job.record.display_name,
+        "engine": job.services.traits.name,
+        "model": job.services.traits.model,
+        "audio_seconds": round(seconds, 3),
+        "warnings": job.warnings,
     }
+    await wait_for_disk(job)
+    try:
+        return await trio.to_thread.run_sync(
+            write_outputs, job.output_dir, job.record.stem, segments, metadata
+        )
+    except OSError as exc:
+        raise folder_fault(exc, f"write the transcript into {job.output_dir}") from exc
+
+
+async def run_job(job: Job) -> JobOutcome:
+    """Run one job to published outputs; raises the job's own error."""
+    await validate(job)
+    await check_cost(job)
+    journal = job.journal
+    try:
+        job.record, limits = await trio.to_thread.run_sync(
+            journal.fix_limits, job.record, job.services.traits.limits
+        )
+        done = await trio.to_thread.run_sync(journal.done_pieces)
+    except OSError as exc:
+        raise folder_fault(exc, f"write the job's journal in {journal.folder}") from exc
+    scheduler = PieceScheduler(job, limits, done)
+    await scheduler.run()
+    segments = merge(job, scheduler)
+    seconds = scheduler.samples / SAMPLE_RATE
+    outputs = await publish(job, segments, seconds)
+    return JobOutcome(
+        pieces=len(scheduler.results),
+        pieces_reused=scheduler.reused,
+        pieces_silent=scheduler.silent,
+        segments=len(segments),
+        audio_seconds=seconds,
+        cost=sum(result.cost for _, result in scheduler.results.values()),
+        outputs=outputs,
+        warnings=job.warnings,
+    )

@@ -1,7 +1,8 @@
 """One job's state on disk, in work/JOB/: enough to resume after a crash without paying twice.
 
     work/JOB/job.json            who the job is: ids, the original name, the output stem,
-                                 attempts, the piece limits fixed at first planning
+                                 the source's identity at claim, attempts (crashes without
+                                 progress), the piece limits fixed at first planning
     work/JOB/source.EXT          the claimed recording (renamed here from the inbox)
     work/JOB/pieces/NNNNNN.json  one finished piece: its span and the engine's segments
 
@@ -12,7 +13,6 @@ sends only those without a file.
 
 from __future__ import annotations
 
-import base64
 import dataclasses
 import json
 import os
@@ -41,8 +41,14 @@ class JobRecord:
     stem: str  # outputs are OUTBOX/STEM.txt etc.
     source_file: str  # name of the source inside work/JOB/
     claimed_at: str
+    # consecutive runs that started and never ended (the process died), without a new piece
+    # journaled in between: the poison count
     attempts: int = 0
+    pieces_at_attempt: int = 0  # pieces journaled when the last counted run started
     state: str = "claimed"  # claiming | claimed | published | failed
+    # (inode, size, mtime_ns) of the source when it was claimed: a source that changes after
+    # its claim was still being written
+    source_key: list[int] | None = None
     limits: dict[str, float] | None = None
     outputs: list[str] | None = None  # once published
     error: dict[str, str] | None = None  # once failed: error, reason, what_to_do
@@ -51,17 +57,9 @@ class JobRecord:
         return dataclasses.asdict(self)
 
 
-def display_name(name: bytes) -> str:
-    """A file name made safe to print, log and put in JSON: undecodable bytes and control
-    characters (newlines, ANSI escapes) appear as backslash escapes, so a name cannot forge a
-    log line or repaint a terminal."""
-    text = name.decode("utf-8", "backslashreplace")
-    return "".join(ch if ch.isprintable() else ascii(ch)[1:-1] for ch in text)
-
-
-def encode_name(name: bytes) -> tuple[str, str]:
-    """(printable display name, base64 of the exact bytes) of a file name."""
-    return display_name(name), base64.b64encode(name).decode("ascii")
+class CorruptJob(Exception):
+    """job.json cannot be read (truncated, not JSON, missing fields): this one job is quarantined,
+    the daemon goes on with the others."""
 
 
 class Journal:
@@ -71,21 +69,23 @@ class Journal:
         self.folder = folder
         self.pieces = folder / PIECES
 
-    def exists(self) -> bool:
-        return (self.folder / JOB_FILE).is_file()
-
     def load(self) -> JobRecord:
-        data = json.loads((self.folder / JOB_FILE).read_text("utf-8"))
-        fields = {f.name for f in dataclasses.fields(JobRecord)}
-        return JobRecord(**{k: v for k, v in data.items() if k in fields})
+        """The job's record; CorruptJob if job.json is unreadable."""
+        try:
+            data = json.loads((self.folder / JOB_FILE).read_text("utf-8"))
+            fields = {f.name for f in dataclasses.fields(JobRecord)}
+            return JobRecord(**{k: v for k, v in data.items() if k in fields})
+        except (ValueError, TypeError, UnicodeDecodeError) as exc:
+            raise CorruptJob(f"{self.folder / JOB_FILE} is unreadable: {exc}") from exc
 
     def save(self, record: JobRecord) -> None:
         self.folder.mkdir(parents=True, exist_ok=True)
         atomic_write_json(self.folder / JOB_FILE, record.as_dict())
 
-    @property
-    def source(self) -> Path:
-        return self.folder / self.load().source_file
+    def source_path(self, record: JobRecord) -> Path:
+        """The job's source: claimed into the job folder, or (a one-shot job, whose source stays
+        where it is) the absolute path its record names."""
+        return self.folder / record.source_file  # an absolute source_file wins the join
 
     def fix_limits(self, record: JobRecord, limits: PieceLimits) -> tuple[JobRecord, PieceLimits]:
         """The limits this job plans with: those of its first planning, kept for resumes."""
@@ -114,14 +114,37 @@ class Journal:
         for entry in os.scandir(self.pieces):
             if entry.name.startswith(".") or not entry.name.endswith(".json"):
                 continue
-            data = json.loads(Path(entry.path).read_text("utf-8"))
-            span = PieceSpan(**data["span"])
-            result = PieceResult(
-                segments=[Segment.from_dict(s) for s in data["segments"]],
-                cost=float(data.get("cost", 0.0)),
-            )
+            try:
+                data = json.loads(Path(entry.path).read_text("utf-8"))
+                span = PieceSpan(**data["span"])
+                result = PieceResult(
+                    segments=[Segment.from_dict(s) for s in data["segments"]],
+                    cost=float(data.get("cost", 0.0)),
+                )
+            except (ValueError, TypeError, KeyError, UnicodeDecodeError):
+                continue  # not done after all (pieces are written atomically; a damaged disk)
             done[span.index] = (span, result)
         return done
+
+    def piece_count(self) -> int:
+        """How many pieces are journaled (a cheap count, for attempt accounting)."""
+        if not self.pieces.is_dir():
+            return 0
+        return sum(
+            1
+            for entry in os.scandir(self.pieces)
+            if entry.name.endswith(".json") and not entry.name.startswith(".")
+        )
+
+    def start_over(self, record: JobRecord) -> JobRecord:
+        """Forget every journaled piece and the planned limits (the source changed)."""
+        trash = self.folder / f"{TRASH_PREFIX}{PIECES}"
+        if self.pieces.is_dir():
+            os.rename(self.pieces, trash)
+            shutil.rmtree(trash, ignore_errors=True)
+        record = dataclasses.replace(record, limits=None, pieces_at_attempt=0)
+        self.save(record)
+        return record
 
     def remove(self) -> None:
         """Delete the job folder. It is first renamed to a dot-name (atomic), so a crash halfway

@@ -8,26 +8,26 @@ crash of ffmpeg on a hostile file is a failed child process, never a crashed dae
 
 from __future__ import annotations
 
-import functools
 import json
 import math
 import os
 import shutil
 import subprocess
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol
 
 import numpy as np
 import structlog
 import trio
 
-from transcribed.errors import JobError, RejectedFileError
+from transcribed.errors import ConfigError, JobError, RejectedFileError
+from transcribed.planning import SAMPLE_RATE
 
 logger = structlog.get_logger()
 
-SAMPLE_RATE = 16_000
 # Demuxers a recording may come in. "mov" covers mp4/m4a/3gp, "matroska" covers mkv and webm.
 FORMAT_WHITELIST = "mp3,wav,flac,ogg,mov,matroska,aac,w64,caf,aiff"
 _STDERR_KEEP = 4096
@@ -72,12 +72,8 @@ class MediaLimits:
     open_files: int = 64
 
     def confine(self, command: list[str]) -> list[str]:
-        prlimit = shutil.which("prlimit")
-        if prlimit is None:  # util-linux is essential on Debian; elsewhere, say so once
-            _warn_unconfined()
-            return command
         return [
-            prlimit,
+            "prlimit",
             f"--cpu={self.cpu_seconds}",
             f"--as={self.memory_bytes}",
             f"--nofile={self.open_files}",
@@ -88,12 +84,51 @@ class MediaLimits:
         ]
 
 
-@functools.cache
-def _warn_unconfined() -> None:
-    logger.warning(
-        "media.unconfined",
-        reason="prlimit (util-linux) not found; ffmpeg runs without resource limits",
-    )
+# what the daemon runs, and the Debian package that brings it
+TOOLS = {"ffmpeg": "ffmpeg", "ffprobe": "ffmpeg", "prlimit": "util-linux"}
+
+
+def check_tools() -> None:
+    """Every program the daemon runs is on PATH; else a ConfigError (exit 78) naming it and how
+    to install it, at start, instead of 'ready' and then every file failed."""
+    missing = sorted({name for name in TOOLS if shutil.which(name) is None})
+    if missing:
+        packages = " ".join(sorted({TOOLS[name] for name in missing}))
+        raise ConfigError(
+            f"{', '.join(missing)} not found on PATH ({os.environ.get('PATH', '')})",
+            hint=f"install them: sudo apt-get install {packages}",
+        )
+
+
+class Decoder(Protocol):
+    """The media edge: what a job asks of ffprobe and ffmpeg, injectable like the HTTP
+    transport, so the pipeline's waits and retries can be tested in virtual time."""
+
+    async def probe(self, path: Path) -> ProbeResult:
+        """What the file claims to be; RejectedFileError if it is not a recording with audio."""
+        ...
+
+    def open_pcm(self, path: Path) -> AbstractAsyncContextManager[AsyncIterator[np.ndarray]]:
+        """The audio as 16 kHz mono int16 blocks, as they decode (see open_pcm_stream)."""
+        ...
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class FfmpegDecoder:
+    """The real media edge: ffprobe and ffmpeg child processes under the configured limits."""
+
+    probe_timeout: float = 60.0
+    max_seconds: float = 12 * 3600.0
+    stall_timeout: float = 120.0
+    limits: MediaLimits = MediaLimits()
+
+    async def probe(self, path: Path) -> ProbeResult:
+        return await probe(path, timeout=self.probe_timeout, limits=self.limits)
+
+    def open_pcm(self, path: Path) -> AbstractAsyncContextManager[AsyncIterator[np.ndarray]]:
+        return open_pcm_stream(
+            path, max_seconds=self.max_seconds, stall_timeout=self.stall_timeout, limits=self.limits
+        )
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -171,24 +171,3 @@ class PieceSpan:
     @property
     def seconds(self) -> float:
         return (self.end - self.start) / SAMPLE_RATE
-
-
-def spans_from_cuts(cuts: list[Cut], total_samples: int, limits: PieceLimits) -> list[PieceSpan]:
-    """The piece spans a list of cuts makes (used by tests and by anything planning offline)."""
-    overlap = round(limits.overlap_seconds * SAMPLE_RATE)
-    spans: list[PieceSpan] = []
-    bounds = [Cut(frame=0, in_pause=True), *cuts]
-    for index, cut in enumerate(bounds):
-        start = cut.frame * FRAME_SAMPLES
-        end = bounds[index + 1].frame * FRAME_SAMPLES if index + 1 < len(bounds) else total_samples
-        next_in_pause = bounds[index + 1].in_pause if index + 1 < len(bounds) else True
-        spans.append(
-            PieceSpan(
-                index=index,
-                start=start if cut.in_pause else max(0, start - overlap),
-                end=end if next_in_pause else min(total_samples, end + overlap),
-                keep_start=start,
-                keep_end=end,
-            )
-        )
-    return [s for s in spans if s.end > s.start]

@@ -18,12 +18,10 @@ import structlog
 import trio
 
 from transcribed.atomic import atomic_write_json
+from transcribed.naming import PROGRESS_SUFFIX
 
 logger = structlog.get_logger()
 
-STATES = ("queued", "validating", "transcribing", "merging", "done", "failed", "waiting")
-# (planning happens while transcribing: pieces are cut and sent as the audio streams by)
-PROGRESS_SUFFIX = ".progress.json"
 WRITE_INTERVAL = 0.25
 
 

@@ -1,13 +1,17 @@
-"""The retry policy for one piece: each attempt through the gate, backoff, deadline, quota waits.
+"""The retry policy for one piece: each attempt through the gate, backoff, deadline, service waits.
 
     attempt (inside gate.slot)
       ok                   → the result
       RetryableError       → retry: after the server's wait when it named one (the gate holds
                              every task until then), else after capped exponential backoff with
                              jitter; at most max_attempts attempts, all within retry_timeout
+        UnreachableError past that budget → the service is down, not the file: the gate
+                             suspends all spending ("unreachable") and the piece waits, then
+                             starts a fresh budget
       PermanentError       → raised at once
-      QuotaExhaustedError  → the gate suspends all spending; this piece waits (outside its
-                             deadline: a quota may take hours to top up) and starts again
+      ServiceSuspended     → (quota, key, model) the gate suspends all spending; this piece
+                             waits (outside its deadline: a quota may take hours to top up) and
+                             starts again
 
 Decisions look at exception types only. The deadline is a cancel scope armed when the first
 attempt gets its slot, so time spent queueing behind other jobs' pieces does not count.
@@ -23,10 +27,18 @@ from typing import TypeVar
 
 import trio
 
-from transcribed.errors import PermanentError, QuotaExhaustedError, RetryableError
+from transcribed.errors import (
+    PermanentError,
+    RetryableError,
+    ServiceSuspended,
+    UnreachableError,
+)
 from transcribed.gate import Gate
 
 T = TypeVar("T")
+
+# A server pause longer than this shows as `waiting` (reason rate_limit) in the progress file.
+VISIBLE_PAUSE = 30.0
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -37,12 +49,19 @@ class RetryPolicy:
     initial_delay: float = 1.0  # the first backoff, before jitter
     max_delay: float = 30.0  # backoff never grows past this
     retry_timeout: float = 900.0  # all attempts of one piece, from its first slot
+    unreachable_retry_interval: float = 300.0  # the pause once a server stays unreachable
 
     def backoff_delay(self, failures: int, jitter: float) -> float:
         """The wait after the `failures`-th failure: initial·2^(failures−1), capped, times a
         jitter factor in [0.5, 1] (`jitter` in [0, 1))."""
         exponent = min(failures - 1, 62)
         return min(self.initial_delay * 2.0**exponent, self.max_delay) * (1.0 - 0.5 * jitter)
+
+
+class _BudgetSpent(Exception):
+    def __init__(self, error: RetryableError, failures: int, timed_out: bool) -> None:
+        super().__init__(error.reason)
+        self.error, self.failures, self.timed_out = error, failures, timed_out
 
 
 async def call_with_retries(
@@ -56,39 +75,89 @@ async def call_with_retries(
 ) -> T:
     """Run `attempt` inside a gate slot until it succeeds, retrying as the policy says.
 
-    `on_retry(error, failures)` is called before each retry; `on_wait("quota")` when the piece
-    starts waiting for spending to resume and `on_wait(None)` when it goes on.
+    `on_retry(error, failures)` is called before each retry; `on_wait(reason)` when the piece
+    starts waiting for the service (reason: quota, key, model, unreachable, rate_limit...) and
+    `on_wait(None)` when it goes on.
     """
-    failures = 0
     while True:
-        if gate.suspended_until is not None:
-            on_wait("quota")
-            await gate.wait_for_spending()
-            on_wait(None)
+        await _wait_for_service(gate, on_wait)
         try:
-            with trio.CancelScope() as deadline:
-                while True:
-                    try:
-                        async with gate.slot():
-                            if deadline.deadline == math.inf:
-                                deadline.deadline = trio.current_time() + policy.retry_timeout
-                            return await attempt()
-                    except RetryableError as error:
-                        failures += 1
-                        if failures >= policy.max_attempts:
-                            raise PermanentError(
-                                f"gave up after {failures} attempts: {error.reason}",
-                                hint=error.hint
-                                or "the service kept failing; drop the file again later",
-                            ) from error
-                        on_retry(error, failures)
-                        if error.retry_after is None:
-                            await trio.sleep(policy.backoff_delay(failures, jitter()))
-                        # else: the gate holds every task until the server's time has passed
-        except QuotaExhaustedError:
-            continue
-        if deadline.cancelled_caught:
+            return await _within_budget(attempt, gate, policy, on_retry, on_wait, jitter)
+        except ServiceSuspended:
+            continue  # the gate is suspended now; wait it out above
+        except _BudgetSpent as spent:
+            if isinstance(spent.error, UnreachableError):
+                gate.suspend(
+                    ServiceSuspended(
+                        f"the transcription service stayed unreachable: {spent.error.reason}",
+                        hint="check openai.base_url, the network and the server; waiting jobs "
+                        "resume by themselves",
+                        retry_interval=policy.unreachable_retry_interval,
+                    )
+                )
+                continue
+            if spent.timed_out:
+                raise PermanentError(
+                    f"gave up after retrying for {policy.retry_timeout:g} s ({spent.failures} "
+                    f"failed attempts): {spent.error.reason}",
+                    hint="the service kept failing or was too slow on this piece; drop the file again later",
+                ) from spent.error
             raise PermanentError(
-                f"gave up after retrying for {policy.retry_timeout:g} s ({failures} failed attempts)",
-                hint="the service kept failing or was too slow; drop the file again later",
-            )
+                f"gave up after {spent.failures} attempts: {spent.error.reason}",
+                hint=spent.error.hint or "the service kept failing; drop the file again later",
+            ) from spent.error
+
+
+async def _wait_for_service(gate: Gate, on_wait: Callable[[str | None], None]) -> None:
+    """Before an attempt: wait while spending is suspended or a long server pause holds."""
+    waited = False
+    while True:
+        suspension = gate.suspension
+        paused_until = gate.paused_until
+        if suspension is not None:
+            on_wait(f"{suspension.kind}: {suspension.reason}")
+            waited = True
+            await gate.wait_for_spending()
+        elif paused_until is not None and paused_until - trio.current_time() > VISIBLE_PAUSE:
+            seconds = paused_until - trio.current_time()
+            on_wait(f"rate_limit: the server asked to wait {seconds:.0f} s")
+            waited = True
+            await trio.sleep_until(paused_until)
+        else:
+            break
+    if waited:
+        on_wait(None)
+
+
+async def _within_budget(
+    attempt: Callable[[], Awaitable[T]],
+    gate: Gate,
+    policy: RetryPolicy,
+    on_retry: Callable[[RetryableError, int], None],
+    on_wait: Callable[[str | None], None],
+    jitter: Callable[[], float],
+) -> T:
+    failures = 0
+    last: RetryableError | None = None
+    with trio.CancelScope() as deadline:
+        while True:
+            try:
+                async with gate.slot():
+                    if deadline.deadline == math.inf:
+                        deadline.deadline = trio.current_time() + policy.retry_timeout
+                    return await attempt()
+            except RetryableError as error:
+                failures += 1
+                last = error
+                if failures >= policy.max_attempts:
+                    raise _BudgetSpent(error, failures, timed_out=False) from error
+                on_retry(error, failures)
+                if error.retry_after is None:
+                    await trio.sleep(policy.backoff_delay(failures, jitter()))
+                else:
+                    # the gate holds every task until the server's time has passed
+                    await _wait_for_service(gate, on_wait)
+    assert deadline.cancelled_caught
+    raise _BudgetSpent(
+        last or UnreachableError("no attempt finished in time"), failures, timed_out=True
+    )

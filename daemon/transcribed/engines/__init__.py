@@ -6,11 +6,10 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from transcribed.config import Config
-from transcribed.engines.base import Engine, PieceResult, Segment
+from transcribed.engines.base import Engine, EngineTraits, PieceResult, Segment
 from transcribed.gate import Gate
-from transcribed.retry import RetryPolicy
 
-__all__ = ["Engine", "PieceResult", "Segment", "gate_for", "open_engine", "retry_policy_for"]
+__all__ = ["Engine", "EngineTraits", "PieceResult", "Segment", "gate_for", "open_engine"]
 
 
 @asynccontextmanager
@@ -28,24 +27,11 @@ async def open_engine(config: Config) -> AsyncIterator[Engine]:
         yield engine
 
 
-def gate_for(config: Config, engine: Engine) -> Gate:
-    """The shared gate for this engine: its capacity, plus the rate limit of an HTTP engine."""
-    rate: float | None = getattr(engine, "requests_per_minute", None)
+def gate_for(config: Config, traits: EngineTraits) -> Gate:
+    """The shared gate for this engine: its capacity and its rate limit, if it has one."""
     return Gate(
-        max_concurrent=engine.capacity,
-        requests_per_minute=rate,
+        max_concurrent=traits.capacity,
+        requests_per_minute=traits.requests_per_minute,
         quota_retry_interval=config.openai.quota_retry_interval,
-    )
-
-
-def retry_policy_for(config: Config, engine: Engine) -> RetryPolicy:
-    """How hard each piece is tried: the [openai] keys for the HTTP engine, defaults otherwise."""
-    if getattr(engine, "name", None) != "openai":
-        return RetryPolicy(max_attempts=3)
-    settings = config.openai
-    return RetryPolicy(
-        max_attempts=settings.max_attempts,
-        initial_delay=settings.retry_delay,
-        max_delay=settings.retry_max_delay,
-        retry_timeout=settings.retry_timeout,
+        max_pause=config.openai.max_retry_after,
     )

@@ -11,6 +11,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from transcribed.planning import PieceLimits
+from transcribed.retry import RetryPolicy
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -41,13 +42,30 @@ class PieceResult:
     cost: float = 0.0  # in US dollars; 0 for the embedded engine
 
 
-class Engine(Protocol):
-    """A transcription engine shared by every job of the daemon."""
+@dataclass(frozen=True, slots=True, kw_only=True)
+class EngineTraits:
+    """What an engine is and can do, declared once: everything the pipeline, the gate and the
+    progress file need to know about it, so nothing above the engine asks which engine runs."""
 
     name: str
     model: str
-    limits: PieceLimits
+    limits: PieceLimits  # how it wants its pieces
     capacity: int  # how many pieces it can usefully work on at once
+    retry: RetryPolicy  # how hard each piece is tried
+    requests_per_minute: float | None = None  # a rate limit shared by every job, if any
+    price_per_minute: float = 0.0  # US dollars per audio minute; 0: costs nothing
+    timestamps: bool = True  # its answers carry times inside the piece
+
+    def cost(self, seconds: float) -> float:
+        """The price of `seconds` of audio: the one cost formula."""
+        return self.price_per_minute * seconds / 60.0
+
+
+class Engine(Protocol):
+    """A transcription engine shared by every job of the daemon."""
+
+    @property
+    def traits(self) -> EngineTraits: ...
 
     async def transcribe(self, audio: np.ndarray) -> PieceResult:
         """Transcribe 16 kHz mono int16 samples. Raises RetryableError or PermanentError."""

@@ -25,10 +25,11 @@ import structlog
 import trio
 
 from transcribed.config import EmbeddedConfig
-from transcribed.engines.base import PieceResult, Segment
+from transcribed.engines.base import EngineTraits, PieceResult, Segment
 from transcribed.errors import ConfigError, PermanentError, RetryableError
 from transcribed.media import child_environment
 from transcribed.planning import SAMPLE_RATE, PieceLimits
+from transcribed.retry import RetryPolicy
 
 logger = structlog.get_logger()
 
@@ -172,14 +173,17 @@ class EmbeddedEngine:
     others work: transcripts are reproducible, and a resumed job equals an uninterrupted one.
     """
 
-    name = "embedded"
-    model = "moonshine-base-en"
-
     def __init__(self, config: EmbeddedConfig, model_dir: Path, count: int) -> None:
-        self.limits = PieceLimits(
-            target_seconds=config.piece_target_seconds, max_seconds=config.piece_max_seconds
+        self.traits = EngineTraits(
+            name="embedded",
+            model="moonshine-base-en",
+            limits=PieceLimits(
+                target_seconds=config.piece_target_seconds, max_seconds=config.piece_max_seconds
+            ),
+            capacity=count,
+            # a worker that crashes on the same piece three times will crash on it again
+            retry=RetryPolicy(max_attempts=3),
         )
-        self.capacity = count
         self._model_dir = model_dir
         self._idle_send, self._idle_receive = trio.open_memory_channel[_Worker](count)
         # used workers go back to the replacer, which reaps them and starts fresh ones
@@ -238,13 +242,25 @@ async def open_embedded_engine(config: EmbeddedConfig) -> AsyncIterator[Embedded
     engine = EmbeddedEngine(config, model_dir, count)
 
     async def start_one() -> None:
-        engine._idle_send.send_nowait(await _Worker.start(model_dir))
+        try:
+            worker = await _Worker.start(model_dir)
+        except (PermanentError, RetryableError) as exc:
+            # an unusable model is the configuration's fault: stop start-up (exit 78), do not
+            # say "ready" and then fail every file
+            raise ConfigError(
+                f"the embedded model cannot be loaded: {exc.reason}",
+                hint="check embedded.model_dir (unset it to use the model shipped in moonshine-cpp) "
+                "and reinstall transcribed with its dependencies",
+            ) from None
+        engine._idle_send.send_nowait(worker)
 
     try:
         async with trio.open_nursery() as nursery:
             for _ in range(count):
                 nursery.start_soon(start_one)
-        logger.info("engine.ready", engine=engine.name, model=engine.model, workers=count)
+        logger.info(
+            "engine.ready", engine=engine.traits.name, model=engine.traits.model, workers=count
+        )
         async with trio.open_nursery() as nursery:
             await nursery.start(engine.serve_replacer)
             yield engine

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import ctypes
 import json
+import signal
 import sys
 from typing import Any, BinaryIO
 
@@ -68,6 +69,9 @@ def _transcribe(transcriber: Any, audio: np.ndarray) -> list[list[Any]]:
 
 
 def main(argv: list[str]) -> int:
+    # Ctrl-C in a terminal reaches the whole process group: the daemon drains and stops its
+    # workers itself, so a worker must not die of it mid-piece (or print a traceback).
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     stdin, stdout = sys.stdin.buffer, sys.stdout.buffer
     # Nothing but protocol may reach stdout: the runtime's own prints go to stderr.
     sys.stdout = sys.stderr

@@ -6,7 +6,8 @@ names (array fields as `name[]`), and the answer parsed by the format that was a
 
 Errors are classified once, here, at the transport edge (`classify_response`,
 `classify_transport_error`): a status code or a transport exception becomes RetryableError,
-PermanentError or QuotaExhaustedError, and nothing above this module looks at HTTP again.
+PermanentError or a ServiceSuspended (quota, key, model), and nothing above this module looks
+at HTTP again.
 Server messages are redacted before they go anywhere (a 401 from OpenAI echoes part of the
 key), and a 401 or 403 is reported with a fixed sentence only.
 
@@ -21,6 +22,7 @@ import json
 import math
 import os
 import re
+import ssl
 import time
 from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import asynccontextmanager
@@ -33,17 +35,21 @@ import numpy as np
 import structlog
 import trio
 
-from transcribed.config import OpenAIConfig
-from transcribed.engines.base import PieceResult, Segment
+from transcribed.config import OpenAIConfig, shown
+from transcribed.engines.base import EngineTraits, PieceResult, Segment
 from transcribed.errors import (
     ConfigError,
     EngineError,
+    KeyRefusedError,
+    ModelUnavailableError,
     PermanentError,
     QuotaExhaustedError,
     RetryableError,
+    UnreachableError,
 )
 from transcribed.media import child_environment
 from transcribed.planning import SAMPLE_RATE, PieceLimits
+from transcribed.retry import RetryPolicy
 
 logger = structlog.get_logger()
 
@@ -192,15 +198,32 @@ def load_api_key(config: OpenAIConfig, environ: Mapping[str, str] | None = None)
             key = path.read_text("utf-8").strip()
         except FileNotFoundError:
             if path == config.api_key_file:
-                raise ConfigError(f"openai.api_key_file {path} does not exist") from None
+                raise ConfigError(
+                    f"openai.api_key_file: the file {shown(path)} does not exist",
+                    hint="give the path of a file that holds the key (never the key itself)",
+                ) from None
             continue
         except OSError as exc:
-            raise ConfigError(f"the API key file {path} cannot be read: {exc.strerror}") from None
+            raise ConfigError(
+                f"the API key file {shown(path)} cannot be read: {exc.strerror}"
+            ) from None
+        except UnicodeDecodeError:
+            raise ConfigError(
+                f"the API key file {shown(path)} is not text",
+                hint="it must hold the key alone, on one line",
+            ) from None
+        if key and not _KEY_SHAPE.fullmatch(key):
+            raise ConfigError(
+                f"the API key file {shown(path)} does not hold a key alone on one line",
+                hint="write only the key into it (no quotes, no 'OPENAI_API_KEY=', no other lines)",
+            )
         if key:
             return key
     return None
 
 
+# what may be sent in an Authorization header: printable ASCII, no spaces or quotes
+_KEY_SHAPE = re.compile(r"[A-Za-z0-9_\-.:+/=~*]{8,512}")
 _KEY_LIKE = re.compile(r"\b(?:sk|rk|pk)-[A-Za-z0-9_*.\-…]{3,}|\bBearer\s+\S+", re.IGNORECASE)
 
 
@@ -315,26 +338,37 @@ def classify_response(
 
     if status in (401, 403):
         if secret is None:
-            return PermanentError(
+            return KeyRefusedError(
                 f"the server refused the request without an API key ({where})",
-                hint="set OPENAI_API_KEY or install the systemd credential openai_api_key",
+                hint="set OPENAI_API_KEY or install the systemd credential openai_api_key; "
+                "waiting jobs resume once it is set and the daemon restarted",
             )
         # OpenAI's 401 echoes part of the key: report a fixed sentence only
-        return PermanentError(
+        return KeyRefusedError(
             f"the API key was refused ({where})",
             hint="check the key (OPENAI_API_KEY or the credential openai_api_key), its project and "
-            "the model's access; the key itself is never printed",
+            "the model's access, then restart the daemon; the key itself is never printed",
         )
     if error.type == "insufficient_quota" or (error.code or "") in QUOTA_CODES:
         return QuotaExhaustedError(
             f"the account's quota or budget is exhausted ({where}, {error.code or error.type})",
             hint="add credit or raise the spend limit; waiting jobs resume by themselves",
         )
+    if status == 404:
+        # a retired or mistyped model, or a wrong base_url: the service's fault, never the file's
+        return ModelUnavailableError(
+            f"the server does not offer this model or endpoint ({where}"
+            f"{', ' + kind if kind else ''}){said}",
+            hint='check openai.model (a retired model: set openai.model = "gpt-transcribe") '
+            "and openai.base_url, then restart the daemon",
+        )
     should_retry = headers.get("x-should-retry", "").lower()
     retry_after = parse_retry_after(headers, now=now)
     if should_retry == "true" or (should_retry != "false" and status in _RETRYABLE_STATUS):
         reason = "rate limited" if status == 429 else "the server is busy or failed"
-        return RetryableError(
+        # a gateway that cannot reach the server: the service is down, not this piece
+        kind_of = UnreachableError if status in (502, 503, 504) else RetryableError
+        return kind_of(
             f"{reason} ({where}{', ' + kind if kind else ''}){said}", retry_after=retry_after
         )
     hints = {
@@ -355,10 +389,32 @@ def classify_transport_error(exc: Exception) -> EngineError:
     if isinstance(exc, httpx.UnsupportedProtocol | httpx.InvalidURL):
         return PermanentError(f"openai.base_url is not a usable URL ({type(exc).__name__})")
     if isinstance(exc, httpx.TimeoutException):
-        return RetryableError(f"the request timed out ({type(exc).__name__})")
+        return UnreachableError(f"the request timed out ({type(exc).__name__})")
     if isinstance(exc, trio.TooSlowError):
-        return RetryableError("the request took longer than openai.request_timeout")
-    return RetryableError(f"the connection failed ({type(exc).__name__})")
+        return UnreachableError("the request took longer than openai.request_timeout")
+    if _is_tls_failure(exc):
+        return UnreachableError(
+            f"the TLS handshake with the server failed ({_tls_detail(exc)})",
+            hint="check openai.base_url's certificate (or the proxy in front of it) and the "
+            "system's CA certificates",
+        )
+    return UnreachableError(f"the connection failed ({type(exc).__name__})")
+
+
+def _is_tls_failure(exc: BaseException) -> bool:
+    while exc is not None:
+        if isinstance(exc, ssl.SSLError):
+            return True
+        exc = exc.__cause__ or exc.__context__  # type: ignore[assignment]
+    return False
+
+
+def _tls_detail(exc: BaseException) -> str:
+    while exc is not None:
+        if isinstance(exc, ssl.SSLError):
+            return _plain(getattr(exc, "reason", None) or type(exc).__name__)
+        exc = exc.__cause__ or exc.__context__  # type: ignore[assignment]
+    return "unknown"
 
 
 # ---------------------------------------------------------------- answers
@@ -407,33 +463,39 @@ def _word_time(word: dict[str, Any]) -> float:
 class OpenAIEngine:
     """Sends pieces to an OpenAI-compatible server; shared by every job of the daemon."""
 
-    name = "openai"
-
     def __init__(
         self, config: OpenAIConfig, client: httpx.AsyncClient, *, api_key: str | None
     ) -> None:
         self.config = config
-        self.model = config.model
         self.profile = model_profile(config.model)
-        self.capacity = config.max_concurrent_requests
-        self.requests_per_minute = config.requests_per_minute
-        self.price_per_minute = (
-            config.price_per_minute
-            if config.price_per_minute is not None
-            else self.profile.price_per_minute
-        )
         self.response_format = (
             config.response_format
             if config.response_format != "auto"
             else ("verbose_json" if self.profile.timestamps else "json")
         )
         self.format = upload_format(config.upload_format, config.upload_bitrate)
-        self.limits = piece_limits(config, self.profile, self.format)
+        self.traits = EngineTraits(
+            name="openai",
+            model=config.model,
+            limits=piece_limits(config, self.profile, self.format),
+            capacity=config.max_concurrent_requests,
+            retry=RetryPolicy(
+                max_attempts=config.max_attempts,
+                initial_delay=config.retry_delay,
+                max_delay=config.retry_max_delay,
+                retry_timeout=config.retry_timeout,
+                unreachable_retry_interval=config.unreachable_retry_interval,
+            ),
+            requests_per_minute=config.requests_per_minute,
+            price_per_minute=(
+                config.price_per_minute
+                if config.price_per_minute is not None
+                else self.profile.price_per_minute
+            ),
+            timestamps=self.response_format == "verbose_json",
+        )
         self._client = client
         self._secret = api_key
-
-    def estimate_cost(self, seconds: float) -> float:
-        return self.price_per_minute * seconds / 60.0
 
     def form_fields(self) -> dict[str, str | list[str]]:
         """The form fields besides `file`, spelled as OpenAI's schema spells them."""
@@ -471,9 +533,9 @@ class OpenAIEngine:
                 response.status_code, response.headers, response.content, secret=self._secret
             )
         segments = parse_answer(
-            response.content, timestamps=self.response_format == "verbose_json", seconds=seconds
+            response.content, timestamps=self.traits.timestamps, seconds=seconds
         )
-        return PieceResult(segments=segments, cost=self.estimate_cost(seconds))
+        return PieceResult(segments=segments, cost=self.traits.cost(seconds))
 
 
 def piece_limits(config: OpenAIConfig, profile: ModelProfile, fmt: UploadFormat) -> PieceLimits:
@@ -522,7 +584,8 @@ async def open_openai_engine(
     async with client:
         engine = OpenAIEngine(config, client, api_key=api_key)
         logger.info(
-            "engine.ready", engine=engine.name, model=engine.model, base_url=base_url,
-            key="set" if api_key else "none", pieces=engine.limits.as_dict(),
+            "engine.ready", engine=engine.traits.name, model=engine.traits.model,
+            base_url=base_url, key="set" if api_key else "none",
+            pieces=engine.traits.limits.as_dict(),
         )  # fmt: skip
         yield engine

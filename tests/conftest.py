@@ -15,10 +15,12 @@ from typing import Any
 import numpy as np
 import pytest
 import trio
+import trio.testing
 from transcribed.app import run_daemon
 from transcribed.config import Config, load_config
 from transcribed.engines.base import EngineTraits, PieceResult, Segment
-from transcribed.errors import PermanentError, RetryableError
+from transcribed.errors import PermanentError, RejectedFileError, RetryableError
+from transcribed.media import ProbeResult
 from transcribed.planning import SAMPLE_RATE, PieceLimits
 from transcribed.retry import RetryPolicy
 
@@ -114,12 +116,18 @@ class FakeEngine:
         self.calls = 0
         self.pieces_seen: list[int] = []
         self.fail: dict[int, Exception] = {}
+        self.raising: Exception | None = None  # raised by every call while set
         self.delay = 0.0
         self.hang_after: int | None = None  # calls after this one never answer
+        self.started_at: list[float] = []  # trio time of each call
+        self.answered_at: list[float] = []
 
     async def transcribe(self, audio: np.ndarray) -> PieceResult:
         self.calls += 1
         call = self.calls
+        self.started_at.append(trio.current_time())
+        if self.raising is not None:
+            raise self.raising
         if self.delay:
             await trio.sleep(self.delay)
         if self.hang_after is not None and call > self.hang_after:
@@ -128,6 +136,7 @@ class FakeEngine:
             raise self.fail[call]
         seconds = len(audio) / SAMPLE_RATE
         self.pieces_seen.append(len(audio))
+        self.answered_at.append(trio.current_time())
         loud = float(np.sqrt(np.mean(audio.astype(np.float64) ** 2)))
         return PieceResult(segments=[Segment(start=0.0, end=seconds, text=f"piece of {len(audio)} samples rms {loud:.0f}")])
 
@@ -135,6 +144,64 @@ class FakeEngine:
 @pytest.fixture
 def fake_engine() -> FakeEngine:
     return FakeEngine()
+
+
+class SyntheticDecoder:
+    """The media edge without ffmpeg, for virtual-time tests: a file holding `seconds=N` is a
+    recording of N seconds (speech-like noise bursts and pauses over a faint floor, the same
+    every time); anything else is not media. Blocks of one second come out with a checkpoint
+    between them, so the decoder never holds the event loop."""
+
+    def __init__(self) -> None:
+        self.opened = 0
+
+    @staticmethod
+    def _seconds(path: Path) -> float:
+        text = path.read_bytes()[:64].decode("ascii", "replace")
+        if not text.startswith("seconds="):
+            raise RejectedFileError("this is not a recording ffmpeg can read", code="not_media")
+        return float(text.split("=", 1)[1].split()[0])
+
+    async def probe(self, path: Path) -> ProbeResult:
+        await trio.lowlevel.checkpoint()
+        return ProbeResult(format_name="synthetic", claimed_duration=self._seconds(path), audio_streams=1, audio_codec="pcm")
+
+    @asynccontextmanager
+    async def open_pcm(self, path: Path) -> AsyncIterator[AsyncIterator[np.ndarray]]:
+        seconds = self._seconds(path)
+        self.opened += 1
+
+        async def blocks() -> AsyncIterator[np.ndarray]:
+            rng = np.random.default_rng(11)
+            total = round(seconds * SAMPLE_RATE)
+            for start in range(0, total, SAMPLE_RATE):
+                size = min(SAMPLE_RATE, total - start)
+                block = rng.normal(0, 20, size)
+                if (start // SAMPLE_RATE) % 4 != 3:  # three seconds of speech, one of pause
+                    block += rng.normal(0, 3000, size)
+                await trio.lowlevel.checkpoint()
+                yield np.clip(block, -32768, 32767).astype(np.int16)
+
+        yield blocks()
+
+
+def synthetic_recording(path: Path, seconds: float) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(f"seconds={seconds}\n")
+    return path
+
+
+@pytest.fixture
+def virtual_clock() -> trio.testing.MockClock:
+    """Trio's mock clock, jumping ahead whenever the run is idle for 100 ms of real time: the
+    daemon's file I/O runs in threads, which the clock must let finish before it jumps."""
+    return trio.testing.MockClock(autojump_threshold=0.1)
+
+
+async def no_events(folder: Path) -> AsyncIterator[object]:
+    """A watcher that never reports anything: the rescan alone finds files (in virtual time)."""
+    await trio.sleep_forever()
+    yield None
 
 
 def factory_for(engine: object) -> Callable[[Config], object]:

@@ -39,7 +39,6 @@ import math
 import random
 import socket
 import struct
-import subprocess
 from collections import Counter, deque
 from dataclasses import dataclass, field
 from pathlib import Path

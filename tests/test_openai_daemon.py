@@ -131,8 +131,8 @@ async def test_a_refused_key_pauses_the_service_and_is_never_echoed(tmp_path: Pa
     """The server's 401 echoes part of the key. A refused key is the service's fault: the job
     waits (reason key) with its source kept, nothing goes to failed/, no file holds any part of
     the key; restarted with the right key, the same job finishes."""
-    async with serving(ServerSettings(api_key="sk-the-right-one-000000000000")) as (server, url):
-        config = openai_config(tmp_path, url)
+    async with serving(ServerSettings(api_key="sk-the-right-one-000000000000")) as (_, url):
+        config = openai_config(tmp_path, url, drain_timeout=1)
         async with daemon(config):
             drop(tmp_path, media("hearing.mp3"), "hearing.mp3")
             path = tmp_path / "outbox" / "hearing.progress.json"

@@ -26,7 +26,15 @@ from transcribed.engines.openai import (
     redact,
     upload_format,
 )
-from transcribed.errors import ConfigError, KeyRefusedError, ModelUnavailableError, PermanentError, QuotaExhaustedError, RetryableError, UnreachableError
+from transcribed.errors import (
+    ConfigError,
+    KeyRefusedError,
+    ModelUnavailableError,
+    PermanentError,
+    QuotaExhaustedError,
+    RetryableError,
+    UnreachableError,
+)
 
 KEY = "sk-proj-CANARYkey0123456789abcdefWXYZ"
 WAIT = 30
@@ -74,7 +82,7 @@ async def run_engine(config: OpenAIConfig, handler: Callable[[httpx.Request], ht
         async with open_openai_engine(config, api_key=api_key, transport=httpx.MockTransport(record)) as engine:
             try:
                 return await engine.transcribe(speech()), seen
-            except Exception as error:  # noqa: BLE001 - handed to the test to inspect
+            except Exception as error:
                 return error, seen
 
 

@@ -187,7 +187,7 @@ async def _serve_owned(
 ) -> None:
     folders = config.folders
     sweep_temps(config)
-    stems = StemRegistry(folders["outbox"])
+    stems = StemRegistry(folders["outbox"], reserve_on_disk=True)
     resumable = await trio.to_thread.run_sync(
         partial(
             recover_work,

@@ -22,7 +22,7 @@ import structlog
 import trio
 
 from transcribed import failpoints
-from transcribed.app import read_progress_files, run_daemon
+from transcribed.app import EngineFactory, read_progress_files, run_daemon
 from transcribed.boundary import JobReport, OneShotDestination, run_at_boundary
 from transcribed.config import Config, key_specs, load_config
 from transcribed.engines import gate_for, open_engine
@@ -149,7 +149,13 @@ def show_status(config: Config, *, as_json: bool) -> int:
     return 0
 
 
-async def transcribe_files(config: Config, files: list[Path], out: Path | None) -> int:
+async def transcribe_files(
+    config: Config,
+    files: list[Path],
+    out: Path | None,
+    *,
+    engine_factory: EngineFactory = open_engine,
+) -> int:
     """The one-shot command: each file through the daemon's own job boundary, outputs next to
     it (or in `out`), the source left where it is. Returns the number of files that failed; a
     failure (even a bug) in one file never stops the others."""
@@ -157,7 +163,7 @@ async def transcribe_files(config: Config, files: list[Path], out: Path | None) 
     board = ProgressBoard(None)
     registries: dict[Path, StemRegistry] = {}
     failures = 0
-    async with open_engine(config) as engine:
+    async with engine_factory(config) as engine:
         services = Services(
             config=config,
             engine=engine,

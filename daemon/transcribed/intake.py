@@ -39,14 +39,16 @@ from transcribed.progress import isoformat, utc_now
 logger = structlog.get_logger()
 
 TEMP_SUFFIXES = (".part", ".partial", ".tmp", ".filepart", ".crdownload", ".download", ".swp")
-WATCHER_RESTART_DELAY = 5.0
+WATCHER_RESTART_DELAY = 5.0  # after the watcher failed
+WATCHER_REARM_DELAY = 0.2  # after it ended (its folder was removed or replaced)
 
 # A watcher is an async iterator of "something changed" hints for a folder.
 Watcher = Callable[[Path], AsyncIterator[object]]
 
 
 async def watch_with_watchfiles(folder: Path) -> AsyncIterator[object]:
-    """The real watcher: inotify through watchfiles, top level of the folder only."""
+    """The real watcher: inotify through watchfiles, top level of the folder only. It ends
+    when the folder itself is deleted (inotify would go silent), so the caller re-arms it."""
     import watchfiles
 
     # A short rust_timeout bounds how long cancelling the watcher's thread can take.
@@ -54,6 +56,10 @@ async def watch_with_watchfiles(folder: Path) -> AsyncIterator[object]:
         folder, watch_filter=None, recursive=False, rust_timeout=1000
     ):
         yield changes
+        if any(
+            change == watchfiles.Change.deleted and Path(path) == folder for change, path in changes
+        ):
+            return
 
 
 def is_candidate_name(name: bytes) -> bool:
@@ -190,7 +196,11 @@ class Claimer:
         moment = self.now()
         job_id = new_job_id(moment)
         display, name_b64 = encode_name(name)
-        stem = self.stems.claim_unique(safe_stem(name))
+        try:
+            stem = self.stems.claim_unique(safe_stem(name))
+        except OSError as exc:  # the outbox cannot be written: claim nothing for now
+            logger.warning("intake.claim_failed", source=display, error=exc.strerror)
+            return None
         journal = Journal(self.work / job_id)
         record = JobRecord(
             job_id=job_id,
@@ -214,7 +224,7 @@ class Claimer:
             if not isinstance(exc, FileNotFoundError):
                 logger.warning("intake.claim_failed", source=display, error=exc.strerror)
             journal.remove()
-            self.stems.release(stem)
+            self.stems.abandon(stem)
             return None
         failpoint("claim.renamed")
         journal.save(dataclasses.replace(record, state="claimed"))
@@ -339,6 +349,7 @@ async def serve_intake(
 
                 async with trio.open_nursery() as nursery:
                     nursery.start_soon(cancel_on_rearm)
+                    failed = True
                     try:
                         async for _ in watcher(inbox):
                             poke.set()
@@ -346,10 +357,13 @@ async def serve_intake(
                         logger.warning(
                             "intake.watcher_failed", error=repr(exc), retry_in=WATCHER_RESTART_DELAY
                         )
+                    else:
+                        failed = False
                     nursery.cancel_scope.cancel()
             poke.set()  # whatever was missed meanwhile, the rescan finds
-            if not scope.cancelled_caught:
-                await trio.sleep(WATCHER_RESTART_DELAY)
+            failed = failed and not scope.cancelled_caught
+            await trio.sleep(WATCHER_RESTART_DELAY if failed else WATCHER_REARM_DELAY)
+            await trio.to_thread.run_sync(ensure_inbox, inbox)
 
     async with claimed, trio.open_nursery() as nursery:
         # the watcher first, then the scan: nothing that lands in between is missed

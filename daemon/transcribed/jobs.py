@@ -54,6 +54,7 @@ DISK_POLL_INTERVAL = 5.0
 # a decoded length this much below the header's claim is worth a warning (and 1 s besides,
 # for containers whose claim is only approximate)
 SHORTFALL_WARNING = 0.05
+STALL_GRACE = 3.0
 
 
 class ServiceHealth:
@@ -129,6 +130,7 @@ class Job:
     output_dir: Path
     warnings: list[str] = field(default_factory=list)
     claimed_seconds: float | None = None
+    looks_cut_off: bool = False  # decoded well short of the header's claim
 
     @property
     def config(self) -> Config:
@@ -395,6 +397,8 @@ class PieceScheduler:
             finally:
                 job.update(pieces_in_flight=job.progress.pieces_in_flight - 1)
             await self._finish(piece.span, result)
+        except _Abandoned:
+            self._interrupted = True
         except Exception as exc:
             self._fail(exc, scope)
         finally:
@@ -421,10 +425,21 @@ class PieceScheduler:
         )
 
 
+class _Abandoned(Exception):
+    """The daemon began draining before this piece's request went out: it is left for the next
+    start, not sent (only pieces already in flight finish)."""
+
+
 async def transcribe_with_retries(job: Job, index: int, audio: np.ndarray) -> PieceResult:
     """One piece through the shared gate, retried as the engine's policy says, with every
-    retry and service wait shown in the job's progress."""
+    retry and service wait shown in the job's progress. Raises _Abandoned when the daemon
+    drains before an attempt starts."""
     services = job.services
+
+    async def attempt() -> PieceResult:
+        if services.draining.is_set():
+            raise _Abandoned
+        return await services.engine.transcribe(audio)
 
     def on_retry(error: RetryableError, failures: int) -> None:
         job.update(retries=job.progress.retries + 1, last_error=error.reason)
@@ -445,7 +460,7 @@ async def transcribe_with_retries(job: Job, index: int, audio: np.ndarray) -> Pi
             logger.info("job.resuming", piece=index)
 
     return await call_with_retries(
-        lambda: services.engine.transcribe(audio),
+        attempt,
         gate=services.gate,
         policy=services.traits.retry,
         on_retry=on_retry,
@@ -460,6 +475,7 @@ def merge(job: Job, scheduler: PieceScheduler) -> list[Segment]:
     seconds = scheduler.samples / SAMPLE_RATE
     claimed = job.claimed_seconds
     if claimed is not None and seconds < claimed * (1 - SHORTFALL_WARNING) - 1.0:
+        job.looks_cut_off = True
         job.warnings.append(
             f"only {seconds:.1f} s of audio decoded, but the file's header claims {claimed:.1f} s: "
             "the recording may be cut off (an upload or copy that did not finish?)"
@@ -472,7 +488,13 @@ def merge(job: Job, scheduler: PieceScheduler) -> list[Segment]:
 
 
 async def publish(job: Job, segments: list[Segment], seconds: float) -> list[Path]:
-    """Write the outputs, only if the source is still the file that was transcribed."""
+    """Write the outputs, only if the source is still the file that was transcribed. A source
+    that decoded well short of its header's claim may be a copy that stalled past the settle
+    time: it must stay unchanged a while longer (STALL_GRACE settle intervals) first."""
+    if job.looks_cut_off:
+        job.update(waiting_reason="settling: the file looks cut off; making sure the copy is done")
+        await trio.sleep(STALL_GRACE * job.config.settle_interval)
+        job.update(waiting_reason=None)
     await check_source_unchanged(job)
     # Only what the audio and the engine determine: a resumed job's outputs are byte-identical
     # to an uninterrupted run's (the job id and times are in the progress file).

@@ -18,6 +18,8 @@ from datetime import datetime
 from pathlib import Path
 
 PROGRESS_SUFFIX = ".progress.json"
+# what a reserved stem's progress file says until the job's first progress is written
+PLACEHOLDER = b'{"state": "queued"}\n'
 OUTPUT_SUFFIXES = (".txt", ".srt", ".vtt", ".json")
 # "talk.progress" would write talk.progress.json, which is talk's progress file
 _RESERVED_ENDINGS = (".progress", ".error")
@@ -79,10 +81,14 @@ def unique_path(folder: Path, stem: str, suffixes: Iterable[str]) -> str:
 
 class StemRegistry:
     """Output stems in use in one output folder: never overwrite a transcript, never let two
-    jobs share a name. Safe to call from the intake's threads and the event loop alike."""
+    jobs share a name. Safe to call from the intake's threads and the event loop alike.
 
-    def __init__(self, folder: Path) -> None:
+    With `reserve_on_disk` (the daemon's outbox), a stem is taken by creating its progress file
+    exclusively (O_EXCL), so several daemons sharing one outbox never pick the same stem."""
+
+    def __init__(self, folder: Path, *, reserve_on_disk: bool = False) -> None:
         self.folder = folder
+        self.reserve_on_disk = reserve_on_disk
         self._reserved: set[str] = set()
         self._lock = threading.Lock()
 
@@ -94,15 +100,43 @@ class StemRegistry:
         with self._lock:
             self._reserved.discard(stem)
 
+    def abandon(self, stem: str) -> None:
+        """Release a stem that was never used, removing its on-disk placeholder. Blocking."""
+        if self.reserve_on_disk:
+            placeholder = self.folder / f"{stem}{PROGRESS_SUFFIX}"
+            try:
+                if placeholder.read_bytes() == PLACEHOLDER:
+                    placeholder.unlink()
+            except OSError:
+                pass
+        self.release(stem)
+
     def claim_unique(self, base: str) -> str:
+        """The first free stem of BASE, BASE-2, BASE-3... reserved for the caller. Blocking."""
         with self._lock:
             stem, number = base, 1
-            while (
-                stem in self._reserved
-                or unique_path(self.folder, stem, (*OUTPUT_SUFFIXES, ".docx", PROGRESS_SUFFIX))
-                != stem
-            ):
+            while not self._take(stem):
                 number += 1
                 stem = f"{base}-{number}"
             self._reserved.add(stem)
             return stem
+
+    def _take(self, stem: str) -> bool:
+        if stem in self._reserved:
+            return False
+        if unique_path(self.folder, stem, (*OUTPUT_SUFFIXES, ".docx", PROGRESS_SUFFIX)) != stem:
+            return False
+        if not self.reserve_on_disk:
+            return True
+        # A complete placeholder appears atomically and only if the name is free: written under
+        # a temp name, then hard-linked (link(2) fails if the target exists), never half-seen.
+        target = self.folder / f"{stem}{PROGRESS_SUFFIX}"
+        temp = self.folder / f".{stem}{PROGRESS_SUFFIX}.tmp-{secrets.token_hex(4)}"
+        temp.write_bytes(PLACEHOLDER)
+        try:
+            os.link(temp, target)
+        except FileExistsError:  # another daemon sharing this outbox took it just now
+            return False
+        finally:
+            temp.unlink(missing_ok=True)
+        return True

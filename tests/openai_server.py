@@ -60,10 +60,11 @@ MODELS = {
     "gpt-4o-transcribe": {"formats": {"json", "text"}, "max_seconds": 1400.0},
     "gpt-4o-mini-transcribe": {"formats": {"json", "text"}, "max_seconds": 1400.0},
 }
+MODEL_GONE = "whisper-1"
 EXTENSIONS = {"flac", "m4a", "mp3", "mp4", "mpeg", "mpga", "oga", "ogg", "wav", "webm"}
 FAULTS = (
     "rate_limit", "server_error", "reset", "close_after_body", "hang", "slow", "quota",
-    "unauthorized", "bad_request",
+    "unauthorized", "bad_request", "model_not_found",
 )  # fmt: skip
 RETRYABLE_FAULTS = ("rate_limit", "server_error", "reset", "close_after_body", "hang", "slow")
 
@@ -84,6 +85,8 @@ class ServerSettings:
     seed: int = 1
     rate_limit_wait: float = 0.5  # what an injected 429 asks for
     slow_seconds: float = 2.0
+    # GET /v1/models: a listing of these models with these shutdown dates (None: no such route)
+    shutdown_dates: dict[str, Any] | None = None
 
 
 @dataclass(slots=True)
@@ -228,6 +231,14 @@ class FakeOpenAI:
             self.control(json.loads(await self._read_body(stream, connection, limit=1 << 20) or b"{}"))
             await self._send(stream, connection, 200, b"{}", {})
             return True
+        if target == "/v1/models":  # not counted: only transcriptions are
+            await self._read_body(stream, connection, limit=1 << 20)
+            if self.settings.shutdown_dates is None:
+                await self._send(stream, connection, 404, b'{"detail": "Not Found"}', {})
+                return True
+            listing = {"object": "list", "data": [{"id": model, "object": "model", "shutdown_date": date} for model, date in self.settings.shutdown_dates.items()]}
+            await self._send(stream, connection, 200, json.dumps(listing).encode(), {})
+            return True
         self.stats.requests += 1
         self.stats.in_flight += 1
         self.stats.max_in_flight = max(self.stats.max_in_flight, self.stats.in_flight)
@@ -332,6 +343,8 @@ class FakeOpenAI:
             raise _Reject(429, "Rate limit reached for requests.", type_="requests", code="rate_limit_exceeded", headers={"retry-after-ms": str(round(wait * 1000)), "retry-after": str(math.ceil(wait)), **self._limit_headers()})
         if fault == "quota":
             raise _Reject(429, "You exceeded your current quota, please check your plan and billing details.", type_="insufficient_quota", code="insufficient_quota")
+        if fault == "model_not_found":
+            raise _Reject(404, f"The model `{MODEL_GONE}` has been deprecated, learn more here: https://platform.openai.com/docs/deprecations", code="model_not_found")
         if fault == "unauthorized":
             raise _Reject(401, _incorrect_key(headers.get("authorization", "").removeprefix("Bearer ").strip()), code="invalid_api_key")
         length = int(headers.get("content-length", "0") or 0)

@@ -122,8 +122,8 @@ def job_done(root: Path) -> bool:
         return False
 
 
-def run_to_completion(root: Path, log: Path, engine: str, server: Server | None) -> None:
-    process = start(root, log, engine, server)
+def run_to_completion(root: Path, log: Path, engine: str, server: Server | None, extra: tuple[str, ...] = ()) -> None:
+    process = start(root, log, engine, server, extra=extra)
     try:
         deadline = time.monotonic() + 240
         while not job_done(root):
@@ -254,11 +254,13 @@ def test_a_kill_with_pieces_in_flight_is_recovered(
             server.stop()
 
 
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGHUP])
 def test_sigterm_mid_job_drains_exits_0_and_the_next_start_finishes(
-    recording: Path, clean_runs: dict[str, dict[str, bytes]], server: Server, tmp_path: Path
+    signum: int, recording: Path, clean_runs: dict[str, dict[str, bytes]], server: Server, tmp_path: Path
 ) -> None:
-    """SIGTERM with pieces in flight: they finish and are journaled, the daemon exits 0 within
-    drain_timeout plus a few seconds, and the next start completes the job like a clean run."""
+    """SIGTERM (or SIGHUP, which drains the same way) with pieces in flight: they finish and are
+    journaled, the daemon exits 0 within drain_timeout plus a few seconds, and the next start
+    completes the job like a clean run."""
     server.control(service_base=1.0)
     root = new_root(tmp_path, recording)
     log = tmp_path / "daemon.log"
@@ -268,7 +270,7 @@ def test_sigterm_mid_job_drains_exits_0_and_the_next_start_finishes(
         wait_for_pieces(root, process, 1)
         journaled_before = journaled(root)
         sent = time.monotonic()
-        process.send_signal(signal.SIGTERM)
+        process.send_signal(signum)
         assert process.wait(timeout=30) == 0
         took = time.monotonic() - sent
     finally:
@@ -307,3 +309,61 @@ def test_a_second_sigterm_stops_at_once_and_loses_nothing_journaled(
     server.control(service_base=0.0)
     run_to_completion(root, log, "openai", server)
     check_finished_like_clean(root, clean_runs["openai"])
+
+
+def test_twelve_kills_during_one_long_job_never_make_it_poison(recording: Path, tmp_path: Path) -> None:
+    """Twelve kill -9s from outside (the OOM killer, power cuts), each after the job journaled
+    one more piece, with max_attempts 3: the file is never declared poison, and the last start
+    ends byte-identical to a clean run with nothing journaled paid for twice."""
+    small = ("--openai-piece-target-seconds", "2", "--openai-piece-max-seconds", "3", "--openai-max-concurrent-requests", "1", "--max-attempts", "3")
+    server = Server(tmp_path)
+    server.control(service_base=0.15)
+    try:
+        clean_root = new_root(tmp_path / "clean", recording)
+        run_to_completion(clean_root, tmp_path / "clean.log", "openai", server, extra=small)
+        clean = {name: (clean_root / "outbox" / name).read_bytes() for name in OUTPUTS}
+        root = new_root(tmp_path, recording)
+        log = tmp_path / "daemon.log"
+        for kill in range(12):
+            before = journaled(root)
+            process = start(root, log, "openai", server, extra=small)
+            try:
+                deadline = time.monotonic() + 120
+                while journaled(root) <= before:
+                    assert process.poll() is None, f"the daemon exited before kill {kill + 1}: {log.read_text()[-2000:]}"
+                    assert time.monotonic() < deadline
+                    time.sleep(0.01)
+            finally:
+                process.kill()
+                process.wait(timeout=10)
+            assert not job_done(root) and os.listdir(root / "failed") == [], f"after kill {kill + 1}"
+        at_kill, pieces_at_kill = server.settled_stats(), journaled(root)
+        run_to_completion(root, log, "openai", server, extra=small)
+        check_finished_like_clean(root, clean)
+        check_nothing_journaled_was_sent_again(at_kill, server.stats(), pieces_at_kill)
+    finally:
+        server.stop()
+
+
+def test_ctrl_c_in_a_terminal_drains_without_tracebacks(recording: Path, tmp_path: Path) -> None:
+    """Ctrl-C reaches the whole process group: the model workers ignore it, the daemon drains
+    and exits 0, and the log has no KeyboardInterrupt traceback and no "worker stopped
+    unexpectedly" for the clean stop."""
+    root = new_root(tmp_path, recording)
+    log = tmp_path / "daemon.log"
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("TRANSCRIBED_", "OPENAI_"))}
+    with log.open("ab") as handle:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "transcribed", "run", "--root", str(root), *COMMON_FLAGS, *ENGINE_FLAGS["embedded"], "--drain-timeout", "60"],
+            env=env, stdin=subprocess.DEVNULL, stdout=handle, stderr=handle, start_new_session=True,
+        )  # fmt: skip
+    try:
+        wait_for_pieces(root, process, 0)
+        os.killpg(process.pid, signal.SIGINT)
+        assert process.wait(timeout=90) == 0
+    finally:
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGKILL)
+    text = log.read_text()
+    assert "KeyboardInterrupt" not in text and "Traceback" not in text
+    assert "stopped unexpectedly" not in text and '"daemon.stopped"' in text

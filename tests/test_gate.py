@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import trio
 import trio.testing
-from transcribed.errors import PermanentError, QuotaExhaustedError, RetryableError
+from transcribed.errors import PermanentError, QuotaExhaustedError, RetryableError, UnreachableError
 from transcribed.gate import Gate
 from transcribed.retry import RetryPolicy, call_with_retries
 
@@ -228,3 +228,26 @@ async def test_an_exhausted_quota_makes_pieces_wait_and_resume(autojump_clock: t
         )
     assert first.times == [0, 60] and second.times == [60]
     assert waits == [(0, "quota: no credit"), (60, None)]
+
+
+async def test_a_day_long_server_pause_is_capped_and_shown_as_waiting(autojump_clock: trio.testing.MockClock) -> None:
+    """Retry-After: 86400 holds every request for the gate's max_pause (600 s) only, and the
+    piece reports waiting (rate_limit) from t=0 until it goes on at t=600."""
+    gate = Gate(max_concurrent=2, max_pause=600)
+    flaky = Flaky(RetryableError("rate limited", retry_after=86400))
+    waits: list[tuple[float, str | None]] = []
+    await call_with_retries(flaky, gate=gate, policy=RetryPolicy(retry_timeout=5000), on_wait=lambda reason: waits.append((trio.current_time(), reason)))
+    assert flaky.times == [0, 600]
+    assert [(t, (r or "").split(":")[0] or None) for t, r in waits] == [(0, "rate_limit"), (600, None)]
+
+
+async def test_an_unreachable_server_suspends_spending_instead_of_failing(autojump_clock: trio.testing.MockClock) -> None:
+    """Connection failures through the whole retry budget suspend the gate for the
+    unreachable interval, then a fresh budget starts; no PermanentError is raised."""
+    gate = Gate(max_concurrent=1)
+    flaky = Flaky(*[UnreachableError("connection refused")] * 3)
+    waits: list[tuple[float, str | None]] = []
+    policy = RetryPolicy(max_attempts=3, initial_delay=1, max_delay=1, unreachable_retry_interval=100)
+    await call_with_retries(flaky, gate=gate, policy=policy, on_wait=lambda reason: waits.append((trio.current_time(), reason)), jitter=lambda: 0.0)
+    assert flaky.times == [0, 1, 2, 102]
+    assert [t for t, _ in waits] == [2, 102] and waits[0][1].startswith("unreachable")

@@ -207,3 +207,43 @@ async def test_a_compatible_server_needs_no_key_and_its_errors_are_understood(tm
     explanation = json.loads((tmp_path / "failed" / "hearing.error.json").read_text())
     assert "corrupted or unsupported" in explanation["reason"]
     assert set(server.stats.authorization) == {None}
+
+
+async def test_a_retired_model_pauses_the_service_until_it_answers_again(tmp_path: Path, media: Callable[..., Path]) -> None:
+    """404 model_not_found (whisper-1 retired): the job waits with reason model and a sentence
+    saying what to set, nothing goes to failed/, and once the server answers the file is done."""
+    async with serving() as (server, url):
+        server.script.extend(["model_not_found"] * 3)
+        config = openai_config(tmp_path, url, **{"openai.quota_retry_interval": 1.5, "openai.max_concurrent_requests": 1})
+        async with daemon(config):
+            drop(tmp_path, media("hearing.mp3"), "hearing.mp3")
+            path = tmp_path / "outbox" / "hearing.progress.json"
+            await wait_until(lambda: path.exists() and progress(tmp_path, "hearing")["state"] == "waiting")
+            assert progress(tmp_path, "hearing")["waiting_reason"].startswith("model: the server does not offer this model")
+            state = await finished(tmp_path, "hearing")
+    assert state["state"] == "done" and not (tmp_path / "failed" / "hearing.error.json").exists()
+    assert server.stats.injected["model_not_found"] >= 1
+
+
+async def test_an_unreachable_server_pauses_the_service_and_fails_nothing(tmp_path: Path, media: Callable[..., Path]) -> None:
+    """Connections reset on every attempt of a piece's whole retry budget: instead of failing
+    the file, the service waits (reason unreachable) and resumes by itself."""
+    async with serving() as (server, url):
+        server.script.extend(["reset"] * 4)
+        config = openai_config(tmp_path, url, **{"openai.max_attempts": 2, "openai.unreachable_retry_interval": 1, "openai.max_concurrent_requests": 1})
+        async with daemon(config):
+            drop(tmp_path, media("hearing.mp3"), "hearing.mp3")
+            path = tmp_path / "outbox" / "hearing.progress.json"
+            await wait_until(lambda: path.exists() and (progress(tmp_path, "hearing")["waiting_reason"] or "").startswith("unreachable"))
+            state = await finished(tmp_path, "hearing")
+    assert state["state"] == "done" and not (tmp_path / "failed" / "hearing.error.json").exists()
+
+
+async def test_a_day_long_retry_after_is_cut_to_the_configured_ceiling(tmp_path: Path, media: Callable[..., Path]) -> None:
+    """A 429 asking to wait 86400 s pauses requests for openai.max_retry_after only."""
+    async with serving(ServerSettings(api_key=KEY, rate_limit_wait=86400)) as (server, url):
+        server.script.append("rate_limit")
+        started = trio.current_time()
+        state = await transcribe_once(tmp_path, url, media("hearing.mp3"), **{"openai.max_retry_after": 1})
+    assert state["state"] == "done" and trio.current_time() - started < 30
+    assert server.stats.injected["rate_limit"] == 1

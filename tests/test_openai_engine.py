@@ -3,6 +3,9 @@ the API key, with httpx.MockTransport (no network) and pure functions."""
 
 from __future__ import annotations
 
+import dataclasses
+from datetime import UTC, datetime
+
 import email.utils
 import json
 import subprocess
@@ -269,3 +272,34 @@ def test_the_openai_section_loads_from_every_source() -> None:
     assert config.engine == "openai" and config.openai.model == "gpt-4o-mini-transcribe" and config.openai.requests_per_minute == 50
     with pytest.raises(ConfigError):
         load_config(environ={}, flags={"openai.piece_target_seconds": "200", "openai.piece_max_seconds": "100"})
+
+
+@pytest.mark.parametrize(
+    ("shutdown", "outcome"),
+    [("2026-11-30", "exit"), (1_795_000_000, "exit"), ("2026-12-20", "warn"), ("2027-02-26", "quiet"), (None, "quiet")],
+)
+async def test_a_model_past_its_shutdown_date_stops_start_up_and_one_near_it_is_warned_of(shutdown: object, outcome: str) -> None:
+    """GET /v1/models: a shutdown_date already past is a configuration error naming the model
+    and what to set; one within 30 days logs engine.model_retiring; later or none is quiet."""
+    import structlog.testing
+
+    from openai_server import FakeOpenAI, ServerSettings
+
+    server = FakeOpenAI(ServerSettings(shutdown_dates={"whisper-1": shutdown, "gpt-transcribe": None}))
+    now = lambda: datetime(2026, 12, 1, tzinfo=UTC)  # noqa: E731
+    config = OpenAIConfig(base_url="", model="whisper-1")
+    async with trio.open_nursery() as nursery:
+        url = await nursery.start(server.serve)
+        config = dataclasses.replace(config, base_url=url)
+        with structlog.testing.capture_logs() as logs:
+            if outcome == "exit":
+                with pytest.raises(ConfigError, match="whisper-1 was retired") as raised:
+                    async with open_openai_engine(config, now=now):
+                        pass
+                assert "gpt-transcribe" in raised.value.hint
+            else:
+                async with open_openai_engine(config, now=now):
+                    pass
+        warned = [entry for entry in logs if entry["event"] == "engine.model_retiring"]
+        assert bool(warned) == (outcome == "warn")
+        nursery.cancel_scope.cancel()

@@ -20,7 +20,8 @@
                │                reason) and try again after `retry_interval`
                ├── QuotaExhaustedError  the account's quota or budget is spent
                ├── KeyRefusedError      the API key was refused (401/403)
-               └── ModelUnavailableError  the model is unknown or retired (404 model_not_found)
+               ├── ModelUnavailableError  the model is unknown or retired (404 model_not_found)
+               └── ServerUnreachableError  the server stayed unreachable through a retry budget
 
 Every error carries a `reason` (what went wrong, in words a clerk understands) and a `hint`
 (what to do about it). Decisions look at the type, never at the message.
@@ -150,3 +151,10 @@ class ModelUnavailableError(ServiceSuspended):
 
     code = "model"
     kind = "model"
+
+
+class ServerUnreachableError(ServiceSuspended):
+    """The server gave no usable answer through a whole retry budget (down, unreachable)."""
+
+    code = "unreachable"
+    kind = "unreachable"

@@ -30,6 +30,7 @@ import trio
 from transcribed.errors import (
     PermanentError,
     RetryableError,
+    ServerUnreachableError,
     ServiceSuspended,
     UnreachableError,
 )
@@ -88,7 +89,7 @@ async def call_with_retries(
         except _BudgetSpent as spent:
             if isinstance(spent.error, UnreachableError):
                 gate.suspend(
-                    ServiceSuspended(
+                    ServerUnreachableError(
                         f"the transcription service stayed unreachable: {spent.error.reason}",
                         hint="check openai.base_url, the network and the server; waiting jobs "
                         "resume by themselves",

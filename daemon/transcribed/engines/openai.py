@@ -27,6 +27,7 @@ import time
 from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -538,6 +539,71 @@ class OpenAIEngine:
         return PieceResult(segments=segments, cost=self.traits.cost(seconds))
 
 
+# ---------------------------------------------------------------- retirement
+
+RETIREMENT_WARNING_DAYS = 30
+MODELS_TIMEOUT = 10.0
+_DAY = 86400.0
+
+
+async def read_shutdown_date(client: httpx.AsyncClient, model: str) -> datetime | None:
+    """The model's `shutdown_date` from `GET {base_url}/models`, when the server lists one
+    (compatible servers often have no such endpoint: then None, and nothing is decided)."""
+    try:
+        with trio.move_on_after(MODELS_TIMEOUT):
+            response = await client.get("models")
+            if response.status_code == 200:
+                return parse_shutdown_date(response.content, model)
+    except httpx.HTTPError:
+        pass
+    return None
+
+
+def parse_shutdown_date(body: bytes, model: str) -> datetime | None:
+    """A model's shutdown date from a models listing: a date, an ISO time or epoch seconds."""
+    try:
+        data = json.loads(body)
+        entries = data["data"] if isinstance(data, dict) else data
+        entry = next(e for e in entries if isinstance(e, dict) and e.get("id") == model)
+        raw = entry.get("shutdown_date")
+    except (ValueError, KeyError, TypeError, StopIteration):
+        return None
+    if isinstance(raw, int | float) and not isinstance(raw, bool) and math.isfinite(raw):
+        return datetime.fromtimestamp(raw, UTC)
+    if isinstance(raw, str):
+        try:
+            moment = datetime.fromisoformat(raw.replace("Z", "+00:00"))
+        except ValueError:
+            return None
+        return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
+    return None
+
+
+def check_retirement(model: str, shutdown: datetime | None, *, now: datetime) -> None:
+    """A model already shut down stops start-up (exit 78); one shutting down soon is warned of."""
+    if shutdown is None:
+        return
+    days = (shutdown - now).total_seconds() / _DAY
+    if days <= 0:
+        raise ConfigError(
+            f"the model {model} was retired on {shutdown:%Y-%m-%d}",
+            hint='set openai.model = "gpt-transcribe" (or another current model) and restart',
+        )
+    if days <= RETIREMENT_WARNING_DAYS:
+        logger.warning(
+            "engine.model_retiring", model=model, shutdown_date=f"{shutdown:%Y-%m-%d}",
+            days_left=math.floor(days),
+            hint='switch before then: set openai.model = "gpt-transcribe"',
+        )  # fmt: skip
+
+
+async def _warn_daily(model: str, shutdown: datetime, now: Callable[[], datetime]) -> None:
+    while True:
+        await trio.sleep(_DAY)
+        if (shutdown - now()).total_seconds() > 0:
+            check_retirement(model, shutdown, now=now())
+
+
 def piece_limits(config: OpenAIConfig, profile: ModelProfile, fmt: UploadFormat) -> PieceLimits:
     """Pieces short enough for the model's duration cap and the server's upload limit."""
     maximum = config.piece_max_seconds or profile.piece_max_seconds
@@ -562,6 +628,7 @@ async def open_openai_engine(
     *,
     api_key: str | None = None,
     transport: httpx.AsyncBaseTransport | None = None,
+    now: Callable[[], datetime] = lambda: datetime.now(UTC),
 ) -> AsyncIterator[OpenAIEngine]:
     """The engine with its HTTP client (pool ≥ the request cap), closed when the block ends."""
     base_url = config.base_url.rstrip("/") + "/"
@@ -583,9 +650,15 @@ async def open_openai_engine(
     )
     async with client:
         engine = OpenAIEngine(config, client, api_key=api_key)
+        shutdown = await read_shutdown_date(client, config.model)
+        check_retirement(config.model, shutdown, now=now())
         logger.info(
             "engine.ready", engine=engine.traits.name, model=engine.traits.model,
             base_url=base_url, key="set" if api_key else "none",
             pieces=engine.traits.limits.as_dict(),
         )  # fmt: skip
-        yield engine
+        async with trio.open_nursery() as nursery:
+            if shutdown is not None:
+                nursery.start_soon(_warn_daily, config.model, shutdown, now)
+            yield engine
+            nursery.cancel_scope.cancel()

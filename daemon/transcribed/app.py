@@ -51,6 +51,7 @@ logger = structlog.get_logger()
 
 EngineFactory = Callable[[Config], AbstractAsyncContextManager[Engine]]
 SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
+PLACEHOLDER_AGE = 600.0  # an unused output-name reservation older than this is a dead claim's
 
 
 def prepare_folders(config: Config) -> None:
@@ -188,6 +189,7 @@ async def _serve_owned(
     folders = config.folders
     sweep_temps(config)
     stems = StemRegistry(folders["outbox"], reserve_on_disk=True)
+    await trio.to_thread.run_sync(stems.sweep_placeholders, PLACEHOLDER_AGE)
     resumable = await trio.to_thread.run_sync(
         partial(
             recover_work,

@@ -296,6 +296,7 @@ def recover_work(
             continue
         if record.state == "claiming" and not (journal.folder / record.source_file).exists():
             journal.remove()
+            stems.abandon(record.stem)  # the file is still in the inbox; its name is free again
             continue
         stems.reserve(record.stem)
         resumable.append((record.claimed_at, journal))

@@ -12,6 +12,7 @@ import base64
 import os
 import secrets
 import threading
+import time
 import unicodedata
 from collections.abc import Iterable
 from datetime import datetime
@@ -110,6 +111,20 @@ class StemRegistry:
             except OSError:
                 pass
         self.release(stem)
+
+    def sweep_placeholders(self, older_than: float) -> int:
+        """Remove placeholders a claim that died before writing its record left behind (no job
+        names them); only old ones, so another daemon's claim in progress is never touched."""
+        removed = 0
+        cutoff = time.time() - older_than
+        for path in self.folder.glob(f"*{PROGRESS_SUFFIX}"):
+            try:
+                if path.stat().st_mtime < cutoff and path.read_bytes() == PLACEHOLDER:
+                    path.unlink()
+                    removed += 1
+            except OSError:
+                continue
+        return removed
 
     def claim_unique(self, base: str) -> str:
         """The first free stem of BASE, BASE-2, BASE-3... reserved for the caller. Blocking."""

@@ -298,10 +298,11 @@ async def test_a_removed_and_recreated_inbox_is_watched_again(tmp_path: Path, me
 
 async def test_a_copy_that_stalls_past_the_settle_time_ends_as_one_full_transcript(tmp_path: Path, media: Callable[..., Path]) -> None:
     """A producer writes half a recording, pauses longer than the settle time (the daemon claims
-    it), then writes the rest into the same file: the job notices, starts over from the whole
-    file, and publishes one transcript of the full length."""
+    it), then writes the rest into the same file while the job runs: the job notices before it
+    publishes, starts over from the whole file, and publishes one transcript of the full length."""
     config = make_config(tmp_path, settle_interval=0.3, rescan_interval=0.2)
     engine = FakeEngine()
+    engine.delay = 1.0  # a real engine takes far longer than the producer's pause
     whole = media("hearing.wav").read_bytes()
     (tmp_path / "inbox").mkdir(exist_ok=True)
     async with running(config, engine):

@@ -77,6 +77,8 @@ async def run_engine(config: OpenAIConfig, handler: Callable[[httpx.Request], ht
     seen: list[httpx.Request] = []
 
     def record(request: httpx.Request) -> httpx.Response:
+        if request.url.path.endswith("/models"):  # the start-up retirement check
+            return httpx.Response(404, json={"detail": "Not Found"})
         request.read()
         seen.append(request)
         return handler(request)

@@ -20,6 +20,7 @@ import shutil
 import signal
 from collections.abc import Callable
 from contextlib import AbstractAsyncContextManager
+from dataclasses import dataclass
 from datetime import datetime
 from functools import partial
 from pathlib import Path
@@ -32,15 +33,9 @@ from transcribed.boundary import DaemonDestination, quarantine, run_at_boundary
 from transcribed.config import Config
 from transcribed.engines import Engine, gate_for, open_engine
 from transcribed.errors import ConfigError
-from transcribed.intake import (
-    Claimer,
-    Watcher,
-    recover_work,
-    serve_intake,
-    watch_with_watchfiles,
-)
+from transcribed.intake import Claimer, Watcher, serve_intake, watch_with_watchfiles
 from transcribed.jobs import Services
-from transcribed.journal import Journal
+from transcribed.journal import Journal, recover_work
 from transcribed.lock import hold_work_lock
 from transcribed.media import Decoder, FfmpegDecoder, check_tools
 from transcribed.naming import StemRegistry
@@ -51,7 +46,6 @@ logger = structlog.get_logger()
 
 EngineFactory = Callable[[Config], AbstractAsyncContextManager[Engine]]
 SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
-PLACEHOLDER_AGE = 600.0  # an unused output-name reservation older than this is a dead claim's
 
 
 def prepare_folders(config: Config) -> None:
@@ -122,41 +116,45 @@ async def run_daemon(
     Signals are taken from the very start: one during start-up (loading models, resuming) stops
     at once; once serving, the first drains and a second stops at once.
     """
-    notifier = notifier or Notifier()
+    edges = Edges(
+        watcher=watcher,
+        now=now,
+        notifier=notifier or Notifier(),
+        engine_factory=engine_factory,
+        decoder=decoder,
+        free_space=free_space,
+    )
     shutdown = trio.Event() if shutdown is None else shutdown
     ready = trio.Event()
     with trio.CancelScope() as everything:
         async with trio.open_nursery() as guard:
             if install_signal_handlers:
                 await guard.start(_serve_signals, shutdown, ready, everything)
-            await _serve(
-                config,
-                watcher,
-                now,
-                notifier,
-                shutdown,
-                ready,
-                engine_factory,
-                decoder,
-                free_space,
-                task_status,
-            )
+            await _serve(config, edges, shutdown, ready, task_status)
             guard.cancel_scope.cancel()
     logger.info("daemon.stopped")
 
 
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Edges:
+    """The daemon's injected I/O edges (the real things unless a test says otherwise)."""
+
+    watcher: Watcher
+    now: Callable[[], datetime]
+    notifier: Notifier
+    engine_factory: EngineFactory
+    decoder: Decoder | None  # None: ffmpeg, once the tools are checked
+    free_space: Callable[[Path], int]
+
+
 async def _serve(
     config: Config,
-    watcher: Watcher,
-    now: Callable[[], datetime],
-    notifier: Notifier,
+    edges: Edges,
     shutdown: trio.Event,
     ready: trio.Event,
-    engine_factory: EngineFactory,
-    decoder: Decoder | None,
-    free_space: Callable[[Path], int],
     task_status: trio.TaskStatus[None],
 ) -> None:
+    decoder = edges.decoder
     if decoder is None:
         check_tools()
         decoder = FfmpegDecoder(
@@ -168,28 +166,20 @@ async def _serve(
     prepare_folders(config)
     folders = config.folders
     with hold_work_lock(folders["work"]):
-        await _serve_owned(
-            config, watcher, now, notifier, shutdown, ready, engine_factory, decoder,
-            free_space, task_status,
-        )  # fmt: skip
+        await _serve_owned(config, edges, decoder, shutdown, ready, task_status)
 
 
 async def _serve_owned(
     config: Config,
-    watcher: Watcher,
-    now: Callable[[], datetime],
-    notifier: Notifier,
+    edges: Edges,
+    decoder: Decoder,
     shutdown: trio.Event,
     ready: trio.Event,
-    engine_factory: EngineFactory,
-    decoder: Decoder,
-    free_space: Callable[[Path], int],
     task_status: trio.TaskStatus[None],
 ) -> None:
-    folders = config.folders
+    folders, now, notifier = config.folders, edges.now, edges.notifier
     sweep_temps(config)
-    stems = StemRegistry(folders["outbox"], reserve_on_disk=True)
-    await trio.to_thread.run_sync(stems.sweep_placeholders, PLACEHOLDER_AGE)
+    stems = StemRegistry(folders["outbox"], owner=folders["work"])
     resumable = await trio.to_thread.run_sync(
         partial(
             recover_work,
@@ -202,14 +192,14 @@ async def _serve_owned(
     )
     board = ProgressBoard(folders["outbox"], now=now)
 
-    async with engine_factory(config) as engine:
+    async with edges.engine_factory(config) as engine:
         services = Services(
             config=config,
             engine=engine,
             gate=gate_for(config, engine.traits),
             board=board,
             decoder=decoder,
-            free_space=free_space,
+            free_space=edges.free_space,
             watched_folders=(folders["work"], folders["outbox"]),
         )
         daemon = Daemon(
@@ -235,7 +225,9 @@ async def _serve_owned(
                 async with send, trio.open_nursery() as intake:
                     intake.start_soon(_feed, send.clone(), resumable)
                     await intake.start(
-                        partial(serve_intake, watcher=watcher, pause_reason=services.pause_reason),
+                        partial(
+                            serve_intake, watcher=edges.watcher, pause_reason=services.pause_reason
+                        ),
                         config,
                         send.clone(),
                         claimer,

@@ -25,7 +25,7 @@ import trio
 from transcribed.config import Config
 from transcribed.explanations import write_explanation
 from transcribed.failpoints import failpoint
-from transcribed.journal import JOB_FILE, CorruptJob, JobRecord, Journal, sweep_trash
+from transcribed.journal import JobRecord, Journal
 from transcribed.naming import (
     StemRegistry,
     encode_name,
@@ -197,7 +197,7 @@ class Claimer:
         job_id = new_job_id(moment)
         display, name_b64 = encode_name(name)
         try:
-            stem = self.stems.claim_unique(safe_stem(name))
+            stem = self.stems.claim_unique(safe_stem(name), job_id)
         except OSError as exc:  # the outbox cannot be written: claim nothing for now
             logger.warning("intake.claim_failed", source=display, error=exc.strerror)
             return None
@@ -224,7 +224,7 @@ class Claimer:
             if not isinstance(exc, FileNotFoundError):
                 logger.warning("intake.claim_failed", source=display, error=exc.strerror)
             journal.remove()
-            self.stems.abandon(stem)
+            self.stems.abandon(stem, job_id)
             return None
         failpoint("claim.renamed")
         journal.save(dataclasses.replace(record, state="claimed"))
@@ -261,46 +261,6 @@ class Claimer:
         except OSError as exc:  # failed/ cannot be written: try again at the next pass
             logger.warning("intake.reject_failed", source=display, error=exc.strerror)
             return None
-
-
-def recover_work(
-    work: Path,
-    stems: StemRegistry,
-    *,
-    quarantine: Callable[[Path, str], None],
-) -> list[Journal]:
-    """Jobs a previous run left in work/: resumable ones are returned (oldest first), leftovers
-    of interrupted claims are removed, and a job whose record is unreadable is handed to
-    `quarantine` (one bad job must not stop every start). Blocking: call from a thread."""
-    sweep_trash(work)
-    resumable: list[tuple[str, Journal]] = []
-    for entry in sorted(os.scandir(work), key=lambda e: e.name):
-        if not entry.is_dir(follow_symlinks=False) or entry.name.startswith("."):
-            continue
-        journal = Journal(Path(entry.path))
-        if not (journal.folder / JOB_FILE).is_file():
-            # A claim that died before its record was written: the source was never moved
-            # here (the record goes first), so nothing in it is worth keeping.
-            logger.warning(
-                "intake.stray_work_folder",
-                folder=entry.path,
-                contents=sorted(os.listdir(entry.path)),
-            )
-            journal.remove()
-            continue
-        try:
-            record = journal.load()
-        except CorruptJob as exc:
-            logger.error("intake.corrupt_job", folder=entry.path, error=str(exc.__cause__))
-            quarantine(journal.folder, str(exc.__cause__))
-            continue
-        if record.state == "claiming" and not (journal.folder / record.source_file).exists():
-            journal.remove()
-            stems.abandon(record.stem)  # the file is still in the inbox; its name is free again
-            continue
-        stems.reserve(record.stem)
-        resumable.append((record.claimed_at, journal))
-    return [journal for _, journal in sorted(resumable, key=lambda item: item[0])]
 
 
 def ensure_inbox(inbox: Path) -> int:

@@ -6,7 +6,8 @@
     work/JOB/source.EXT          the claimed recording (renamed here from the inbox)
     work/JOB/pieces/NNNNNN.json  one finished piece: its span and the engine's segments
 
-A piece is done if and only if its file exists; every file is written atomically and fsynced
+`recover_work` reads work/ at start: jobs to resume, leftovers of interrupted claims to remove,
+unreadable records to quarantine. A piece is done if and only if its file exists; every file is written atomically and fsynced
 before it counts. Planning is deterministic, so a resumed job re-plans the same pieces and
 sends only those without a file.
 """
@@ -17,14 +18,20 @@ import dataclasses
 import json
 import os
 import shutil
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import structlog
+
 from transcribed.atomic import atomic_write_json
 from transcribed.engines.base import PieceResult, Segment
 from transcribed.failpoints import failpoint
+from transcribed.naming import StemRegistry
 from transcribed.planning import PieceLimits, PieceSpan
+
+logger = structlog.get_logger()
 
 JOB_FILE = "job.json"
 PIECES = "pieces"
@@ -163,3 +170,45 @@ def sweep_trash(work: Path) -> None:
     for entry in os.scandir(work):
         if entry.name.startswith(TRASH_PREFIX) and entry.is_dir(follow_symlinks=False):
             shutil.rmtree(entry.path, ignore_errors=True)
+
+
+def recover_work(
+    work: Path,
+    stems: StemRegistry,
+    *,
+    quarantine: Callable[[Path, str], None],
+) -> list[Journal]:
+    """Jobs a previous run left in work/: resumable ones are returned (oldest first), leftovers
+    of interrupted claims are removed, and a job whose record is unreadable is handed to
+    `quarantine` (one bad job must not stop every start). Blocking: call from a thread."""
+    sweep_trash(work)
+    resumable: list[tuple[str, Journal]] = []
+    for entry in sorted(os.scandir(work), key=lambda e: e.name):
+        if not entry.is_dir(follow_symlinks=False) or entry.name.startswith("."):
+            continue
+        journal = Journal(Path(entry.path))
+        if not (journal.folder / JOB_FILE).is_file():
+            # A claim that died before its record was written: the source was never moved
+            # here (the record goes first), so nothing in it is worth keeping.
+            logger.warning(
+                "intake.stray_work_folder",
+                folder=entry.path,
+                contents=sorted(os.listdir(entry.path)),
+            )
+            journal.remove()
+            continue
+        try:
+            record = journal.load()
+        except CorruptJob as exc:
+            logger.error("intake.corrupt_job", folder=entry.path, error=str(exc.__cause__))
+            quarantine(journal.folder, str(exc.__cause__))
+            continue
+        if record.state == "claiming" and not (journal.folder / record.source_file).exists():
+            journal.remove()
+            continue
+        stems.reserve(record.stem)
+        resumable.append((record.claimed_at, journal))
+    # names reserved by claims that died before their record was written (or were removed just
+    # now) are free again; the files are still in the inbox
+    stems.sweep_placeholders({journal.folder.name for _, journal in resumable})
+    return [journal for _, journal in sorted(resumable, key=lambda item: item[0])]

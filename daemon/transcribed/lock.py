@@ -12,6 +12,7 @@ from __future__ import annotations
 import fcntl
 import os
 import socket
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -19,6 +20,21 @@ from pathlib import Path
 from transcribed.errors import ConfigError
 
 LOCK_NAME = ".lock"
+# `status` probes the lock with a brief shared lock: a starting daemon that meets a probe tries
+# again for this long before it concludes that another daemon owns work/
+PROBE_GRACE = 1.0
+
+
+def _lock_within(fd: int, seconds: float) -> bool:
+    deadline = time.monotonic() + seconds
+    while True:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return True
+        except BlockingIOError:
+            if time.monotonic() >= deadline:
+                return False
+            time.sleep(0.02)
 
 
 def lock_owner(work: Path) -> str | None:
@@ -53,9 +69,7 @@ def hold_work_lock(work: Path) -> Iterator[None]:
     except OSError as exc:
         raise ConfigError(f"cannot open the lock file {path}: {exc.strerror}") from None
     try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
+        if not _lock_within(fd, PROBE_GRACE):
             owner = _describe(os.pread(fd, 200, 0)) or "another process"
             raise ConfigError(
                 f"another transcribed daemon ({owner}) already owns {work}",

@@ -9,18 +9,16 @@ two jobs never share an output name.
 from __future__ import annotations
 
 import base64
+import json
 import os
 import secrets
 import threading
-import time
 import unicodedata
 from collections.abc import Iterable
 from datetime import datetime
 from pathlib import Path
 
 PROGRESS_SUFFIX = ".progress.json"
-# what a reserved stem's progress file says until the job's first progress is written
-PLACEHOLDER = b'{"state": "queued"}\n'
 OUTPUT_SUFFIXES = (".txt", ".srt", ".vtt", ".json")
 # "talk.progress" would write talk.progress.json, which is talk's progress file
 _RESERVED_ENDINGS = (".progress", ".error")
@@ -84,12 +82,14 @@ class StemRegistry:
     """Output stems in use in one output folder: never overwrite a transcript, never let two
     jobs share a name. Safe to call from the intake's threads and the event loop alike.
 
-    With `reserve_on_disk` (the daemon's outbox), a stem is taken by creating its progress file
-    exclusively (O_EXCL), so several daemons sharing one outbox never pick the same stem."""
+    With `owner` (the daemon's work/ folder), a stem is taken on disk by creating its progress
+    file exclusively, holding a placeholder that names the job and its owner, so several daemons
+    sharing one outbox never pick the same stem, and a daemon restarted after a crash can tell
+    its own dead claims' placeholders from another daemon's live ones."""
 
-    def __init__(self, folder: Path, *, reserve_on_disk: bool = False) -> None:
+    def __init__(self, folder: Path, *, owner: Path | None = None) -> None:
         self.folder = folder
-        self.reserve_on_disk = reserve_on_disk
+        self.owner = owner
         self._reserved: set[str] = set()
         self._lock = threading.Lock()
 
@@ -101,53 +101,67 @@ class StemRegistry:
         with self._lock:
             self._reserved.discard(stem)
 
-    def abandon(self, stem: str) -> None:
-        """Release a stem that was never used, removing its on-disk placeholder. Blocking."""
-        if self.reserve_on_disk:
-            placeholder = self.folder / f"{stem}{PROGRESS_SUFFIX}"
-            try:
-                if placeholder.read_bytes() == PLACEHOLDER:
-                    placeholder.unlink()
-            except OSError:
-                pass
+    def _placeholder(self, job_id: str) -> bytes:
+        return (
+            json.dumps(
+                {"state": "queued", "job_id": job_id, "claimed_into": str(self.owner)}
+            ).encode()
+            + b"\n"
+        )
+
+    def _placeholder_of(self, path: Path) -> str | None:
+        """The job id of one of this owner's placeholders at `path`, else None."""
+        try:
+            data = json.loads(path.read_bytes())
+        except (OSError, ValueError):
+            return None
+        if not isinstance(data, dict) or data.get("claimed_into") != str(self.owner):
+            return None
+        job_id = data.get("job_id")
+        return job_id if isinstance(job_id, str) and data.get("state") == "queued" else None
+
+    def abandon(self, stem: str, job_id: str) -> None:
+        """Release a stem job `job_id` never used, removing its placeholder. Blocking."""
+        placeholder = self.folder / f"{stem}{PROGRESS_SUFFIX}"
+        if self.owner is not None and self._placeholder_of(placeholder) == job_id:
+            placeholder.unlink(missing_ok=True)
         self.release(stem)
 
-    def sweep_placeholders(self, older_than: float) -> int:
-        """Remove placeholders a claim that died before writing its record left behind (no job
-        names them); only old ones, so another daemon's claim in progress is never touched."""
+    def sweep_placeholders(self, live_jobs: set[str]) -> int:
+        """At start: remove this owner's placeholders whose job is not in `live_jobs` (a claim
+        that died before its record was written). Other daemons' placeholders are never touched."""
         removed = 0
-        cutoff = time.time() - older_than
+        if self.owner is None:
+            return removed
         for path in self.folder.glob(f"*{PROGRESS_SUFFIX}"):
-            try:
-                if path.stat().st_mtime < cutoff and path.read_bytes() == PLACEHOLDER:
-                    path.unlink()
-                    removed += 1
-            except OSError:
-                continue
+            job_id = self._placeholder_of(path)
+            if job_id is not None and job_id not in live_jobs:
+                path.unlink(missing_ok=True)
+                removed += 1
         return removed
 
-    def claim_unique(self, base: str) -> str:
+    def claim_unique(self, base: str, job_id: str = "") -> str:
         """The first free stem of BASE, BASE-2, BASE-3... reserved for the caller. Blocking."""
         with self._lock:
             stem, number = base, 1
-            while not self._take(stem):
+            while not self._take(stem, job_id):
                 number += 1
                 stem = f"{base}-{number}"
             self._reserved.add(stem)
             return stem
 
-    def _take(self, stem: str) -> bool:
+    def _take(self, stem: str, job_id: str) -> bool:
         if stem in self._reserved:
             return False
         if unique_path(self.folder, stem, (*OUTPUT_SUFFIXES, ".docx", PROGRESS_SUFFIX)) != stem:
             return False
-        if not self.reserve_on_disk:
+        if self.owner is None:
             return True
         # A complete placeholder appears atomically and only if the name is free: written under
         # a temp name, then hard-linked (link(2) fails if the target exists), never half-seen.
         target = self.folder / f"{stem}{PROGRESS_SUFFIX}"
         temp = self.folder / f".{stem}{PROGRESS_SUFFIX}.tmp-{secrets.token_hex(4)}"
-        temp.write_bytes(PLACEHOLDER)
+        temp.write_bytes(self._placeholder(job_id))
         try:
             os.link(temp, target)
         except FileExistsError:  # another daemon sharing this outbox took it just now

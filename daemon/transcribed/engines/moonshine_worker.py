@@ -23,7 +23,7 @@ from typing import Any, BinaryIO
 
 import numpy as np
 
-SAMPLE_RATE = 16_000
+from transcribed.planning import SAMPLE_RATE
 
 
 def _reply(out: BinaryIO, message: dict[str, Any]) -> None:

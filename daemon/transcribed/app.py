@@ -25,6 +25,7 @@ from pathlib import Path
 import structlog
 import trio
 
+from transcribed import metrics  # issue 10
 from transcribed.atomic import atomic_write_json, remove_stale_temps
 from transcribed.config import Config
 from transcribed.engines import Engine, gate_for, open_engine
@@ -40,8 +41,10 @@ from transcribed.intake import (
 )
 from transcribed.jobs import Services, job_summary, new_progress, run_job
 from transcribed.journal import JobRecord, Journal
+from transcribed.notify import announce_job  # issue 10
 from transcribed.progress import JobProgress, ProgressBoard, isoformat, utc_now
 from transcribed.systemd import Notifier
+from transcribed.web import serve_web  # issue 10
 
 logger = structlog.get_logger()
 
@@ -184,6 +187,7 @@ class Daemon:
         await trio.to_thread.run_sync(journal.save, record)
         failpoint("job.concluded")
         await self._conclude(journal, record, progress)
+        await announce_job(self.config, record, progress, seconds)  # issue 10: metrics + hooks
 
     def _explain(self, record: JobRecord, error: Exception, seconds: float) -> dict[str, str]:
         """The failure in words for NAME.error.json, logged once as job.finished."""
@@ -320,8 +324,11 @@ async def _serve(
         )
         daemon = Daemon(config, services, stems)
         claimer = Claimer(config, stems, now=now)
+        daemon_metrics = metrics.activate(metrics.Metrics())  # issue 10: before any task spawns
         async with trio.open_nursery() as root:
             root.start_soon(board.serve_writer)
+            if config.web.listen:  # issue 10: the status page, /healthz, /metrics
+                await root.start(serve_web, config, services, daemon_metrics)
             if notifier.watchdog_interval:
                 root.start_soon(_serve_watchdog, notifier, notifier.watchdog_interval)
             async with trio.open_nursery() as workers:

@@ -18,6 +18,7 @@ import numpy as np
 import structlog
 import trio
 
+from transcribed import metrics  # issue 10
 from transcribed.config import Config
 from transcribed.cutting import Piece, PieceCutter
 from transcribed.engines import retry_policy_for
@@ -186,6 +187,7 @@ async def run_job(
         previous = done.get(piece.index)
         if previous is not None and previous[0] == piece.span:
             counts["reused"] += 1
+            metrics.count_piece("reused")  # issue 10
             results[piece.index] = previous
             board.update(
                 progress,
@@ -199,6 +201,7 @@ async def run_job(
             return False
         if piece.silent:
             counts["silent"] += 1
+            metrics.count_piece("silent")  # issue 10
             await finish_piece(piece.span, PieceResult())
             return True
         await lookahead.acquire()
@@ -335,6 +338,7 @@ async def _transcribe_with_retries(
 
     def on_retry(error: RetryableError, failures: int) -> None:
         board.update(progress, retries=progress.retries + 1, last_error=error.reason)
+        metrics.count_retry(error)  # issue 10
         log.warning(
             "piece.retrying",
             piece=piece.index,
@@ -351,12 +355,14 @@ async def _transcribe_with_retries(
             board.update(progress, state="transcribing", waiting_reason=None)
             log.info("job.resuming", piece=piece.index)
 
-    return await call_with_retries(
-        lambda: services.engine.transcribe(piece.audio),
-        gate=services.gate,
-        policy=policy,
-        on_retry=on_retry,
-        on_wait=on_wait,
+    return await metrics.timed_piece(  # issue 10: counts the piece, its latency and cost
+        call_with_retries(
+            lambda: services.engine.transcribe(piece.audio),
+            gate=services.gate,
+            policy=policy,
+            on_retry=on_retry,
+            on_wait=on_wait,
+        )
     )
 
 

@@ -33,6 +33,7 @@ import numpy as np
 import structlog
 import trio
 
+from transcribed import metrics  # issue 10
 from transcribed.config import OpenAIConfig
 from transcribed.engines.base import PieceResult, Segment
 from transcribed.errors import (
@@ -335,7 +336,9 @@ def classify_response(
     if should_retry == "true" or (should_retry != "false" and status in _RETRYABLE_STATUS):
         reason = "rate limited" if status == 429 else "the server is busy or failed"
         return RetryableError(
-            f"{reason} ({where}{', ' + kind if kind else ''}){said}", retry_after=retry_after
+            f"{reason} ({where}{', ' + kind if kind else ''}){said}",
+            retry_after=retry_after,
+            status=status,  # issue 10
         )
     hints = {
         400: "the server refused this request or this audio",
@@ -465,7 +468,9 @@ class OpenAIEngine:
                     "audio/transcriptions", data=self.form_fields(), files=files
                 )
         except (httpx.TransportError, trio.TooSlowError) as exc:
+            metrics.count_request(exc)  # issue 10
             raise classify_transport_error(exc) from exc
+        metrics.count_request(response.status_code)  # issue 10
         if response.status_code >= 400 or response.status_code < 200:
             raise classify_response(
                 response.status_code, response.headers, response.content, secret=self._secret

@@ -11,7 +11,7 @@ Exit codes: 0 success, 1 some file failed (transcribe), 2 usage, 78 configuratio
 from __future__ import annotations
 
 import argparse
-import json
+import importlib.metadata
 import os
 import sys
 import tempfile
@@ -21,8 +21,9 @@ from typing import Any
 import structlog
 import trio
 
-from transcribed.app import read_progress_files, run_daemon
-from transcribed.config import Config, key_specs, load_config
+from transcribed import status  # issue 10
+from transcribed.app import run_daemon
+from transcribed.config import Config, KeySpec, key_specs, load_config
 from transcribed.engines import gate_for, open_engine
 from transcribed.errors import ConfigError, TranscribedError
 from transcribed.intake import StemRegistry, new_job_id, safe_stem
@@ -37,26 +38,52 @@ EXIT_FAILED = 1
 EXIT_CONFIG = 78
 
 
-def _add_config_flags(parser: argparse.ArgumentParser) -> None:
+# issue 10: the keys `status` takes (where the folders are, where the daemon's page is)
+STATUS_KEYS = ("root", "inbox", "outbox", "work", "done", "failed", "settle_interval", "web.listen")
+
+
+def _default_text(spec: KeySpec) -> str:
+    if spec.default is None:
+        return "unset"
+    if isinstance(spec.default, str) and not spec.default:
+        return '""'
+    return str(spec.default)
+
+
+def _add_config_flags(parser: argparse.ArgumentParser, only: tuple[str, ...] | None = None) -> None:
     parser.add_argument("--config", type=Path, help="TOML configuration file")
     group = parser.add_argument_group(
         "configuration keys (each also TRANSCRIBED_<KEY> in the environment)"
     )
     for spec in key_specs():
+        if only is not None and spec.dotted not in only:
+            continue
         group.add_argument(
             spec.flag,
             dest=f"key:{spec.dotted}",
             metavar=spec.name.upper()
             if spec.choices is None
             else "{" + ",".join(spec.choices) + "}",
-            help=spec.help,
+            help=(
+                spec.help
+                if "default:" in spec.help
+                else f"{spec.help} (default: {_default_text(spec)})"
+            ).replace("%", "%%"),
         )
+
+
+def _version() -> str:
+    try:
+        return importlib.metadata.version("transcribed")
+    except importlib.metadata.PackageNotFoundError:
+        return "unknown"
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="transcribed", description="Turn recordings dropped in a folder into transcripts."
     )
+    parser.add_argument("--version", action="version", version=f"transcribed {_version()}")
     commands = parser.add_subparsers(dest="command", required=True)
     run = commands.add_parser("run", help="run the daemon in the foreground")
     _add_config_flags(run)
@@ -64,9 +91,14 @@ def build_parser() -> argparse.ArgumentParser:
     once.add_argument("files", nargs="+", type=Path, metavar="FILE")
     once.add_argument("--out", type=Path, help="write outputs here (default: next to each file)")
     _add_config_flags(once)
-    status = commands.add_parser("status", help="list jobs and their progress")
-    status.add_argument("--json", action="store_true", help="print the progress files as JSON")
-    _add_config_flags(status)
+    status = commands.add_parser(
+        "status",
+        help="list the inbox, jobs and their progress, finished, failed and rejected files",
+        description="What the daemon's folders say (or the running daemon's page, when it answers). "
+        "Exit status 0, or 78 when the root is not a folder.",
+    )
+    status.add_argument("--json", action="store_true", help="print one JSON object for scripts")
+    _add_config_flags(status, only=STATUS_KEYS)
     return parser
 
 
@@ -96,7 +128,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "transcribe":
             failures = trio.run(transcribe_files, config, args.files, args.out)
             return EXIT_FAILED if failures else 0
-        return show_status(config, as_json=args.json)
+        return status.show_status(config, as_json=args.json)  # issue 10
     except* TranscribedError as group:
         error = _first_leaf(group)
     except* KeyboardInterrupt:
@@ -116,28 +148,6 @@ def _first_leaf(group: BaseExceptionGroup[TranscribedError]) -> TranscribedError
         error = error.exceptions[0]
     assert isinstance(error, TranscribedError)
     return error
-
-
-def show_status(config: Config, *, as_json: bool) -> int:
-    outbox = config.folder("outbox")
-    jobs = read_progress_files(outbox) if outbox.is_dir() else []
-    if as_json:
-        print(json.dumps(jobs, indent=2))
-        return 0
-    if not jobs:
-        print(f"no jobs in {outbox}")
-        return 0
-    print(f"{'STATE':<13} {'DONE':>6} {'ETA':>9}  {'UPDATED':<20}  SOURCE")
-    for job in jobs:
-        eta = job.get("eta_seconds")
-        eta_text = f"{int(eta) // 60}m{int(eta) % 60:02d}s" if isinstance(eta, int | float) else "-"
-        state = str(job.get("state"))
-        if job.get("waiting_reason"):
-            state += f" ({job['waiting_reason']})"
-        print(
-            f"{state:<13} {job.get('percent', 0):>5}% {eta_text:>9}  {job.get('updated_at', ''):<20}  {job.get('source')!r}"
-        )
-    return 0
 
 
 async def transcribe_files(config: Config, files: list[Path], out: Path | None) -> int:

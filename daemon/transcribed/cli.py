@@ -4,7 +4,8 @@
     transcribed transcribe FILE... [--out DIR] [--config FILE] [--<any key> VALUE]
     transcribed status [--root DIR] [--config FILE] [--json]
 
-Exit codes: 0 success, 1 some file failed (transcribe), 2 usage, 78 configuration error
+Exit codes: 0 success, 1 some file failed (transcribe), 2 usage (a bad flag, a missing input
+file), 78 configuration error (also: `status` on a root that is not a folder)
 (EX_CONFIG, which the systemd unit does not restart on).
 """
 
@@ -16,10 +17,11 @@ import os
 import sys
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import TextIO, cast
 
 import structlog
 import trio
+from rich.console import Console
 
 from transcribed import status  # issue 10
 from transcribed.app import run_daemon
@@ -31,10 +33,12 @@ from transcribed.jobs import Services, job_summary, new_progress, run_job
 from transcribed.journal import JobRecord, Journal, encode_name
 from transcribed.logs import configure_logging
 from transcribed.progress import ProgressBoard, isoformat, utc_now
+from transcribed.reporting import ConsoleSink, Reporter  # issue 10
 
 logger = structlog.get_logger()
 
 EXIT_FAILED = 1
+EXIT_USAGE = 2
 EXIT_CONFIG = 78
 
 
@@ -118,7 +122,17 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"transcribed: configuration error: {exc}", file=sys.stderr)
         return EXIT_CONFIG
-    configure_logging(log_format=config.log_format, level=config.log_level)
+    # issue 10: the one-shot command's presentation (bars and log lines share one console)
+    reporter = Reporter(console=Console(stderr=True) if sys.stderr.isatty() else None)
+    if args.command == "transcribe":
+        missing = [str(f) for f in args.files if not f.is_file()]
+        if missing:
+            print(f"transcribed: not a file: {', '.join(missing)}", file=sys.stderr)
+            return EXIT_USAGE
+    sink = ConsoleSink(reporter.console) if reporter.console is not None else None
+    configure_logging(
+        log_format=config.log_format, level=config.log_level, sink=cast(TextIO | None, sink)
+    )
     error: TranscribedError | None = None
     return_code = EXIT_FAILED
     try:
@@ -126,7 +140,7 @@ def main(argv: list[str] | None = None) -> int:
             trio.run(run_daemon, config)
             return 0
         if args.command == "transcribe":
-            failures = trio.run(transcribe_files, config, args.files, args.out)
+            failures = trio.run(transcribe_files, config, args.files, args.out, reporter)
             return EXIT_FAILED if failures else 0
         return status.show_status(config, as_json=args.json)  # issue 10
     except* TranscribedError as group:
@@ -150,7 +164,9 @@ def _first_leaf(group: BaseExceptionGroup[TranscribedError]) -> TranscribedError
     return error
 
 
-async def transcribe_files(config: Config, files: list[Path], out: Path | None) -> int:
+async def transcribe_files(
+    config: Config, files: list[Path], out: Path | None, reporter: Reporter | None = None
+) -> int:
     """The one-shot command: each file through the same pipeline as the daemon, outputs next to
     it (or in `out`), the source left where it is. Returns the number of files that failed."""
     missing = [f for f in files if not f.is_file()]
@@ -158,6 +174,7 @@ async def transcribe_files(config: Config, files: list[Path], out: Path | None) 
         raise ConfigError(f"not a file: {', '.join(map(str, missing))}")
     board = ProgressBoard(None)
     failures = 0
+    reporter = reporter or Reporter()
     async with open_engine(config) as engine:
         services = Services(
             config=config, engine=engine, gate=gate_for(config, engine), board=board
@@ -171,12 +188,12 @@ async def transcribe_files(config: Config, files: list[Path], out: Path | None) 
                     services,
                     path.absolute(),  # noqa: ASYNC240 - no I/O, just joins the working directory
                     (out or path.parent).absolute(),
+                    reporter,
                 )
             failures += 0 if ok else 1
 
         async with trio.open_nursery() as nursery:
-            if sys.stderr.isatty():
-                nursery.start_soon(_show_bars, board)
+            await nursery.start(reporter.serve_bars, board)
             async with trio.open_nursery() as jobs:
                 for path in files:
                     jobs.start_soon(one, path)
@@ -184,7 +201,7 @@ async def transcribe_files(config: Config, files: list[Path], out: Path | None) 
     return failures
 
 
-async def _transcribe_one(services: Services, path: Path, out: Path) -> bool:
+async def _transcribe_one(services: Services, path: Path, out: Path, reporter: Reporter) -> bool:
     out.mkdir(parents=True, exist_ok=True)  # noqa: ASYNC240 - once per file, before any work
     name = os.fsencode(path.name)
     display, name_b64 = encode_name(name)
@@ -200,7 +217,7 @@ async def _transcribe_one(services: Services, path: Path, out: Path) -> bool:
     progress = new_progress(services, record)
     with tempfile.TemporaryDirectory(prefix="transcribed-") as work:
         journal = Journal(Path(work))
-        failure: BaseException | None = None
+        failure: TranscribedError | None = None
         try:
             outcome = await run_job(
                 services, journal, record, progress, output_dir=out, source=path
@@ -209,37 +226,22 @@ async def _transcribe_one(services: Services, path: Path, out: Path) -> bool:
             failure = _first_leaf(group)
     if failure is not None:
         services.board.update(progress, state="failed", last_error=str(failure))
-        print(f"transcribed: {display}: {failure}", file=sys.stderr)
+        logger.warning(
+            "job.finished",
+            job_id=record.job_id,
+            outcome="failed",
+            error=failure.code,
+            reason=failure.reason,
+            source=display,
+        )
+        reporter.failed(progress, path, failure)
         return False
     services.board.update(progress, state="done")
     logger.info(
         "job.finished", job_id=record.job_id, outcome="done", **job_summary(record, outcome)
     )
-    print(f"{display}: {out / record.stem}.txt (.srt .vtt .json)", file=sys.stderr)
+    reporter.finished(progress, path, outcome.outputs)
     return True
-
-
-async def _show_bars(board: ProgressBoard) -> None:
-    from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
-
-    bars: dict[str, Any] = {}
-    with Progress(
-        TextColumn("{task.description}"),
-        BarColumn(),
-        TextColumn("{task.percentage:>5.1f}%"),
-        TimeRemainingColumn(),
-        transient=False,
-    ) as display:
-        while True:
-            for job_id, progress in list(board.jobs.items()):
-                if job_id not in bars:
-                    bars[job_id] = display.add_task(progress.source, total=100)
-                display.update(
-                    bars[job_id],
-                    completed=progress.percent,
-                    description=f"{progress.source} [{progress.state}]",
-                )
-            await trio.sleep(0.2)
 
 
 if __name__ == "__main__":

@@ -181,3 +181,25 @@ def test_help_shows_every_keys_default(capsys: pytest.CaptureFixture[str]) -> No
     text = " ".join(capsys.readouterr().out.split())
     assert "(default: 5.0)" in text and "(default: 127.0.0.1:8750)" in text
     assert "--job-workers JOB_WORKERS jobs worked on at the same time (default: 2)" in text
+
+
+async def test_a_port_in_use_leaves_the_daemon_without_its_page_but_working(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """When web.listen cannot be bound, serve_web logs web.unavailable and reports None
+    instead of failing (transcription must not stop for the page)."""
+    import socket
+
+    taken = socket.socket()
+    taken.bind(("127.0.0.1", 0))
+    taken.listen()
+    port = taken.getsockname()[1]
+    config = make_config(tmp_path, **{"web.listen": f"127.0.0.1:{port}"})
+    engine = FakeEngine()
+    services = Services(config=config, engine=engine, gate=gate_for(config, engine), board=ProgressBoard(None))  # type: ignore[arg-type]
+    try:
+        with trio.fail_after(10):
+            async with trio.open_nursery() as nursery:
+                address = await nursery.start(serve_web, config, services, metrics.Metrics())
+    finally:
+        taken.close()
+    captured = capsys.readouterr()
+    assert address is None and "web.unavailable" in captured.out + captured.err

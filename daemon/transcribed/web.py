@@ -391,18 +391,24 @@ async def serve_web(
     services: Services,
     metrics: Metrics,
     *,
-    task_status: trio.TaskStatus[Address] = trio.TASK_STATUS_IGNORED,
+    task_status: trio.TaskStatus[Address | None] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Serve the page and the endpoints on web.listen until cancelled; reports the bound
-    address. A port that cannot be bound is a ConfigError (the daemon does not start)."""
+    address. A web.listen that is not HOST:PORT is a ConfigError; an address that cannot be
+    bound (in use, not this host's) is logged as `web.unavailable` and the daemon goes on
+    transcribing without its page (reported None): the page must never stop the work."""
     address = parse_listen(config.web.listen)
     try:
         listeners = await trio.open_tcp_listeners(address.port, host=address.host)
     except OSError as exc:
-        raise ConfigError(
-            f"cannot serve the status page on {config.web.listen}: {exc.strerror}",
+        logger.error(
+            "web.unavailable",
+            listen=config.web.listen,
+            error=exc.strerror or str(exc),
             hint='choose another web.listen, or set it to "" to turn the page off',
-        ) from None
+        )
+        task_status.started(None)
+        return
     bound = listeners[0].socket.getsockname()
     address = Address(host=address.host, port=int(bound[1]))
     site = StatusSite(config, services, metrics, address)

@@ -203,3 +203,25 @@ async def test_a_port_in_use_leaves_the_daemon_without_its_page_but_working(tmp_
         taken.close()
     captured = capsys.readouterr()
     assert address is None and "web.unavailable" in captured.out + captured.err
+
+
+async def test_healthz_names_a_worker_whose_job_stopped_moving(tmp_path: Path) -> None:
+    """A transcribing job untouched for longer than twice the longest step turns /healthz 503
+    naming it; a job waiting (for quota, for disk) for as long does not."""
+    from datetime import UTC, datetime, timedelta
+
+    with trio.fail_after(20):
+        async with site(tmp_path) as (client, services, board):
+            clock = [datetime(2026, 12, 1, 12, 0, tzinfo=UTC)]
+            board.now = lambda: clock[0]
+            stuck = board.add(JobProgress(source="stuck.mp3", job_id="s", engine="fake", model="m"), "s")
+            waiting = board.add(JobProgress(source="patient.mp3", job_id="w", engine="fake", model="m"), "w")
+            board.update(stuck, state="transcribing")
+            board.update(waiting, state="waiting", waiting_reason="quota")
+            fresh = await client.get("/healthz")
+            limit = 2 * max(services.config.decode_stall_timeout, services.config.openai.request_timeout)
+            clock[0] += timedelta(seconds=limit + 5)
+            stale = await client.get("/healthz")
+    assert fresh.status_code == 200
+    assert stale.status_code == 503
+    assert stale.json()["reasons"] == [f"worker: stuck.mp3 (transcribing) made no progress for {limit + 5:.0f} s"]

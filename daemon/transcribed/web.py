@@ -3,7 +3,8 @@
     GET /                 the page (static HTML + JS + CSS shipped in the package; no CDN)
     GET /api/status       the snapshot the page polls (status.collect + the live board)
     GET /healthz          200 {"status": "ok"} while the loop and the workers are healthy,
-                          503 with the reasons otherwise (draining, loop stalled, disk, quota)
+                          503 with the reasons otherwise (draining, loop stalled, a worker's
+                          job not moving, disk, quota)
     GET /metrics          Prometheus text format (metrics.py)
     GET /outbox/NAME      a transcript, only if a done job's progress file lists NAME as one
                           of its outputs, and only a regular file (never a link) in the outbox
@@ -28,6 +29,7 @@ import json
 import os
 import stat
 from dataclasses import dataclass
+from datetime import datetime
 from functools import partial
 from http import HTTPStatus
 from importlib import resources
@@ -55,6 +57,7 @@ MAX_TRANSCRIPT_BYTES = 64 << 20
 LOOP_TICK_INTERVAL = 1.0
 LOOP_STALL_LIMIT = 5.0  # seconds late a tick may be before /healthz says the loop stalled
 LOOP_STALL_MEMORY = 60.0  # how long a stall keeps /healthz at 503
+WORKING_STATES = ("validating", "transcribing", "merging")
 STATIC = {
     "/": ("index.html", "text/html; charset=utf-8"),
     "/page.js": ("page.js", "text/javascript; charset=utf-8"),
@@ -193,6 +196,7 @@ class StatusSite:
             )
         if self.services.gate.suspended_until is not None:
             reasons.append("quota: spending is suspended until the account's quota is topped up")
+        reasons.extend(self.stalled_workers())
         jobs = [
             job for job in self.services.board.jobs.values() if job.state not in status.FINAL_STATES
         ]
@@ -204,6 +208,27 @@ class StatusSite:
             "pid": os.getpid(),
         }
         return not reasons, body
+
+    def stalled_workers(self) -> list[str]:
+        """Workers whose job has not moved for twice the longest a step may legitimately take
+        (one request, or a silent decoder); waiting jobs are told apart by their reason."""
+        limit = 2 * max(self.config.decode_stall_timeout, self.config.openai.request_timeout)
+        board = self.services.board
+        now = board.now()
+        stalled = []
+        for job in list(board.jobs.values()):
+            if job.state not in WORKING_STATES:
+                continue
+            try:
+                updated = datetime.fromisoformat(job.updated_at.replace("Z", "+00:00"))
+            except ValueError:
+                continue
+            idle = (now - updated).total_seconds()
+            if idle > limit:
+                stalled.append(
+                    f"worker: {job.source} ({job.state}) made no progress for {idle:.0f} s"
+                )
+        return stalled
 
     async def snapshot(self) -> dict[str, Any]:
         live = self.live_jobs()

@@ -16,7 +16,6 @@ from pathlib import Path
 
 import pytest
 import trio
-
 from conftest import SUITE_CANARY_KEY, TWO_CITIES, make_media
 from daemon_process import Daemon, FakeServer, wait
 from transcribed.config import load_config
@@ -171,5 +170,5 @@ def test_the_command_is_an_argv_list_from_toml_or_split_like_a_shell_from_a_flag
     config_file.write_text("[notify]\ncommand = []\n")
     from transcribed.errors import ConfigError
 
-    with pytest.raises(ConfigError, match="notify.command"):
+    with pytest.raises(ConfigError, match=r"notify\.command"):
         load_config(path=config_file, environ={})

@@ -15,7 +15,6 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-
 from conftest import TWO_CITIES, make_media
 from daemon_process import Daemon, FakeServer, wait
 from transcribed.cli import main

@@ -11,10 +11,9 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-
 from browser import CHROMIUM, Browser
 from conftest import TWO_CITIES, make_media
-from daemon_process import Daemon, FakeServer, wait
+from daemon_process import Daemon, FakeServer
 
 pytestmark = [pytest.mark.slow, pytest.mark.skipif(CHROMIUM is None and not os.environ.get("CI"), reason="chromium is not installed (.ci/setup installs it)")]
 
@@ -57,7 +56,7 @@ def test_the_page_shows_a_running_job_the_queue_and_problems_live_then_the_trans
         # the running job's row appears and moves, with no reload
         first = browser.wait_for(
             "(() => { const r = document.querySelector('#running tbody tr');"
-            " return r && r.querySelector('.percent').textContent !== '0.0 %' && r.cells[4].textContent !== '–' ? r.querySelector('.percent').textContent : null })()"
+            " return r && r.querySelector('.percent').textContent !== '0.0 %' && r.cells[4].textContent !== '\u2013' ? r.querySelector('.percent').textContent : null })()"
         )
         browser.wait_for("document.querySelector('#problems').dataset.count === '1'")
         for name in ("second.mp3", "third.mp3", "fourth.mp3"):
@@ -79,7 +78,8 @@ def test_the_page_shows_a_running_job_the_queue_and_problems_live_then_the_trans
         )
         browser.screenshot(ARTIFACTS / "status-page-running.png")
         later = browser.wait_for(
-            f"(() => {{ const p = document.querySelector('#running tbody tr .percent'); return p && p.textContent !== {json.dumps(first)} ? p.textContent : null }})()"
+            "(() => { const r = [...document.querySelectorAll('#running tbody tr')].find(r => r.cells[0].textContent === " + json.dumps(HOSTILE) + ");"
+            " const p = r && r.querySelector('.percent').textContent; return p && p !== " + json.dumps(first) + " ? p : null })()"
         )
         problems = browser.evaluate("[...document.querySelectorAll('#problems tbody tr')].map(r => [...r.cells].map(c => c.textContent))")
         # then the finished job, with links that fetch the transcripts
@@ -101,8 +101,9 @@ def test_the_page_shows_a_running_job_the_queue_and_problems_live_then_the_trans
     assert 0 < percent < 100 and row["bar"] == f"{percent}%"
     done, total = pieces.split(",")[0].split(" of ")
     assert int(done) >= 1 and (total == "?" or int(done) < int(total))  # "?" until the cut is planned
-    assert left != "–" and cost.startswith("$") and " of ~$" in cost
-    assert float(later.split()[0]) > percent or later != first
+    assert left != "\u2013"  # the en dash the page shows for "unknown"
+    assert cost.startswith("$") and " of ~$" in cost
+    assert float(later.split()[0]) > float(first.split()[0])  # the bar moved without a reload
     assert len(problems) == 1 and problems[0][0] == "notes.mp3"
     assert problems[0][1].startswith("rejected: this is not a recording")
     assert "drop an audio or video file" in problems[0][2]

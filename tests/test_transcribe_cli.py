@@ -16,7 +16,6 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-
 from conftest import BECKETT, TWO_CITIES, make_media
 from daemon_process import FakeServer
 

@@ -12,7 +12,6 @@ from pathlib import Path
 from urllib.parse import quote
 
 import pytest
-
 from conftest import TWO_CITIES, make_media
 from daemon_process import Daemon, FakeServer, wait
 

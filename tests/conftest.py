@@ -219,6 +219,7 @@ def make_config(root: Path, **flags: object) -> Config:
         "rescan_interval": "0.5",
         "log_level": "warning",
         "min_free_space_mb": "0",  # tests must not depend on the machine's free disk
+        "web.listen": "",  # in-process daemons serve no page unless a test asks for one
     }
     base.update({k: str(v) for k, v in flags.items()})
     return load_config(environ={}, flags=base)

@@ -149,6 +149,7 @@ class FakeOpenAI:
     def control(self, changes: dict[str, Any]) -> None:
         if changes.pop("reset", False):
             self.reset()
+        self.script.extend(changes.pop("script", []))  # faults for the next requests, in order
         for name, value in changes.items():
             if not hasattr(self.settings, name):
                 raise KeyError(name)

@@ -28,6 +28,7 @@ from pathlib import Path
 import structlog
 import trio
 
+from transcribed import metrics
 from transcribed.atomic import remove_stale_temps
 from transcribed.boundary import DaemonDestination, quarantine, run_at_boundary
 from transcribed.config import Config
@@ -41,6 +42,7 @@ from transcribed.media import Decoder, FfmpegDecoder, check_tools
 from transcribed.naming import StemRegistry
 from transcribed.progress import ProgressBoard, isoformat, utc_now
 from transcribed.systemd import Notifier
+from transcribed.web import serve_web
 
 logger = structlog.get_logger()
 
@@ -213,8 +215,11 @@ async def _serve_owned(
             ),
         )
         claimer = Claimer(config, stems, now=now)
+        daemon_metrics = metrics.activate(metrics.Metrics())  # before any task spawns
         async with trio.open_nursery() as root:
             root.start_soon(board.serve_writer)
+            if config.web.listen:  # the status page, /healthz, /metrics
+                await root.start(serve_web, config, services, daemon_metrics)
             if notifier.watchdog_interval:
                 root.start_soon(_serve_watchdog, notifier, notifier.watchdog_interval)
             async with trio.open_nursery() as workers:

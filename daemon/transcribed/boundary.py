@@ -42,6 +42,7 @@ from transcribed.failpoints import failpoint
 from transcribed.jobs import Job, JobOutcome, Services, folder_fault, run_job, source_key
 from transcribed.journal import JobRecord, Journal
 from transcribed.naming import StemRegistry, unique_path
+from transcribed.notify import announce_job
 from transcribed.progress import JobProgress, isoformat
 
 logger = structlog.get_logger()
@@ -56,6 +57,7 @@ class JobReport:
 
     outcome: str
     record: JobRecord
+    progress: JobProgress
     seconds: float
     summary: dict[str, object]
     outputs: list[Path]
@@ -81,6 +83,12 @@ class Destination(Protocol):
         self, services: Services, journal: Journal, record: JobRecord, progress: JobProgress
     ) -> None:
         """Finish a published or failed job; may be repeated after a crash."""
+        ...
+
+    async def announce(
+        self, services: Services, record: JobRecord, progress: JobProgress, seconds: float
+    ) -> None:
+        """Tell the world a job was concluded (metrics, hooks): once, never on a resume."""
         ...
 
 
@@ -111,6 +119,11 @@ class DaemonDestination:
         await board.wait_written(progress)
         await trio.to_thread.run_sync(journal.remove)
         self.stems.release(record.stem)
+
+    async def announce(
+        self, services: Services, record: JobRecord, progress: JobProgress, seconds: float
+    ) -> None:
+        await announce_job(services.config, record, progress, seconds)
 
     def _dispose(self, services: Services, journal: Journal, record: JobRecord) -> None:
         failed = record.state == "failed"
@@ -160,6 +173,11 @@ class OneShotDestination:
         else:
             services.board.update(progress, state="done", outputs=record.outputs)
         self.stems.release(record.stem)
+
+    async def announce(
+        self, services: Services, record: JobRecord, progress: JobProgress, seconds: float
+    ) -> None:
+        pass  # the one-shot reports on the terminal; hooks are the daemon's
 
 
 async def run_at_boundary(
@@ -212,7 +230,8 @@ class _JobRun:
         if isinstance(failure, JobInterrupted):
             await self._interrupted()
             return JobReport(
-                outcome="interrupted", record=self.record, seconds=self._seconds(),
+                outcome="interrupted", record=self.record, progress=self.progress,
+                seconds=self._seconds(),
                 summary={"source": self.record.display_name}, outputs=[],
             )  # fmt: skip
         if failure is not None:
@@ -226,6 +245,7 @@ class _JobRun:
         await self._until_service_recovers(lambda: self._save(self.record))
         failpoint("job.concluded")
         await self._until_service_recovers(self._conclude)
+        await self.destination.announce(self.services, self.record, self.progress, self._seconds())
         return self._report(outcome, failure)
 
     def _counted(self, record: JobRecord) -> JobRecord:
@@ -371,6 +391,7 @@ class _JobRun:
         return JobReport(
             outcome="failed" if failed else "done",
             record=self.record,
+            progress=self.progress,
             seconds=self._seconds(),
             summary=summary(self.record.display_name, outcome)
             if outcome is not None

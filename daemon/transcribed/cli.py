@@ -4,27 +4,29 @@
     transcribed transcribe FILE... [--out DIR] [--config FILE] [--<any key> VALUE]
     transcribed status [--root DIR] [--config FILE] [--json]
 
-Exit codes: 0 success, 1 some file failed (transcribe), 2 usage, 78 configuration error
+Exit codes: 0 success, 1 some file failed (transcribe), 2 usage (a bad flag, a missing input
+file), 78 configuration error (also: `status` on a root that is not a folder)
 (EX_CONFIG, which the systemd unit does not restart on).
 """
 
 from __future__ import annotations
 
 import argparse
-import json
+import importlib.metadata
 import os
 import sys
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import TextIO, cast
 
 import structlog
 import trio
+from rich.console import Console
 
-from transcribed import failpoints
-from transcribed.app import EngineFactory, read_progress_files, run_daemon
+from transcribed import failpoints, status
+from transcribed.app import EngineFactory, run_daemon
 from transcribed.boundary import JobReport, OneShotDestination, run_at_boundary
-from transcribed.config import Config, key_specs, load_config
+from transcribed.config import Config, KeySpec, key_specs, load_config
 from transcribed.engines import gate_for, open_engine
 from transcribed.errors import ConfigError, TranscribedError
 from transcribed.jobs import Services, source_key
@@ -33,33 +35,61 @@ from transcribed.logs import configure_logging
 from transcribed.media import FfmpegDecoder, check_tools
 from transcribed.naming import StemRegistry, encode_name, new_job_id, safe_stem
 from transcribed.progress import ProgressBoard, isoformat, utc_now
+from transcribed.reporting import ConsoleSink, Reporter
 
 logger = structlog.get_logger()
 
 EXIT_FAILED = 1
+EXIT_USAGE = 2
 EXIT_CONFIG = 78
 
 
-def _add_config_flags(parser: argparse.ArgumentParser) -> None:
+# the keys `status` takes (where the folders are, where the daemon's page is)
+STATUS_KEYS = ("root", "inbox", "outbox", "work", "done", "failed", "settle_interval", "web.listen")
+
+
+def _default_text(spec: KeySpec) -> str:
+    if spec.default is None:
+        return "unset"
+    if isinstance(spec.default, str) and not spec.default:
+        return '""'
+    return str(spec.default)
+
+
+def _add_config_flags(parser: argparse.ArgumentParser, only: tuple[str, ...] | None = None) -> None:
     parser.add_argument("--config", type=Path, help="TOML configuration file")
     group = parser.add_argument_group(
         "configuration keys (each also TRANSCRIBED_<KEY> in the environment)"
     )
     for spec in key_specs():
+        if only is not None and spec.dotted not in only:
+            continue
         group.add_argument(
             spec.flag,
             dest=f"key:{spec.dotted}",
             metavar=spec.name.upper()
             if spec.choices is None
             else "{" + ",".join(spec.choices) + "}",
-            help=spec.help,
+            help=(
+                spec.help
+                if "default:" in spec.help
+                else f"{spec.help} (default: {_default_text(spec)})"
+            ).replace("%", "%%"),
         )
+
+
+def _version() -> str:
+    try:
+        return importlib.metadata.version("transcribed")
+    except importlib.metadata.PackageNotFoundError:
+        return "unknown"
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="transcribed", description="Turn recordings dropped in a folder into transcripts."
     )
+    parser.add_argument("--version", action="version", version=f"transcribed {_version()}")
     commands = parser.add_subparsers(dest="command", required=True)
     run = commands.add_parser("run", help="run the daemon in the foreground")
     _add_config_flags(run)
@@ -67,9 +97,14 @@ def build_parser() -> argparse.ArgumentParser:
     once.add_argument("files", nargs="+", type=Path, metavar="FILE")
     once.add_argument("--out", type=Path, help="write outputs here (default: next to each file)")
     _add_config_flags(once)
-    status = commands.add_parser("status", help="list jobs and their progress")
-    status.add_argument("--json", action="store_true", help="print the progress files as JSON")
-    _add_config_flags(status)
+    status = commands.add_parser(
+        "status",
+        help="list the inbox, jobs and their progress, finished, failed and rejected files",
+        description="What the daemon's folders say (or the running daemon's page, when it answers). "
+        "Exit status 0, or 78 when the root is not a folder.",
+    )
+    status.add_argument("--json", action="store_true", help="print one JSON object for scripts")
+    _add_config_flags(status, only=STATUS_KEYS)
     return parser
 
 
@@ -83,19 +118,24 @@ def _config_from(args: argparse.Namespace) -> Config:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
+    args = build_parser().parse_args(argv)
     try:
         config = _config_from(args)
     except ConfigError as exc:
         print(f"transcribed: configuration error: {exc}", file=sys.stderr)
         return EXIT_CONFIG
+    # the one-shot command's presentation (bars and log lines share one console)
+    reporter = Reporter(console=Console(stderr=True) if sys.stderr.isatty() else None)
     if args.command == "transcribe":
         missing = [str(f) for f in args.files if not f.is_file()]
         if missing:
-            parser.error(f"not a file: {', '.join(missing)}")  # exit 2: a usage error
+            print(f"transcribed: not a file: {', '.join(missing)}", file=sys.stderr)
+            return EXIT_USAGE
     failpoints.arm(os.environ.get(failpoints.ENV))
-    configure_logging(log_format=config.log_format, level=config.log_level)
+    sink = ConsoleSink(reporter.console) if reporter.console is not None else None
+    configure_logging(
+        log_format=config.log_format, level=config.log_level, sink=cast(TextIO | None, sink)
+    )
     errors: list[TranscribedError] = []
     interrupted = False
     try:
@@ -103,9 +143,9 @@ def main(argv: list[str] | None = None) -> int:
             trio.run(run_daemon, config)
             return 0
         if args.command == "transcribe":
-            failures = trio.run(transcribe_files, config, args.files, args.out)
+            failures = trio.run(transcribe_files, config, args.files, args.out, reporter)
             return EXIT_FAILED if failures else 0
-        return show_status(config, as_json=args.json)
+        return status.show_status(config, as_json=args.json)
     except* TranscribedError as group:
         # start-up errors (a job's own errors never get here: the job boundary keeps them)
         errors = [e for e in _leaves(group) if isinstance(e, TranscribedError)]
@@ -127,32 +167,11 @@ def _leaves(group: BaseExceptionGroup[TranscribedError]) -> list[BaseException]:
     return leaves
 
 
-def show_status(config: Config, *, as_json: bool) -> int:
-    outbox = config.folder("outbox")
-    jobs = read_progress_files(outbox) if outbox.is_dir() else []
-    if as_json:
-        print(json.dumps(jobs, indent=2))
-        return 0
-    if not jobs:
-        print(f"no jobs in {outbox}")
-        return 0
-    print(f"{'STATE':<13} {'DONE':>6} {'ETA':>9}  {'UPDATED':<20}  SOURCE")
-    for job in jobs:
-        eta = job.get("eta_seconds")
-        eta_text = f"{int(eta) // 60}m{int(eta) % 60:02d}s" if isinstance(eta, int | float) else "-"
-        state = str(job.get("state"))
-        if job.get("waiting_reason"):
-            state += f" ({job['waiting_reason']})"
-        print(
-            f"{state:<13} {job.get('percent', 0):>5}% {eta_text:>9}  {job.get('updated_at', ''):<20}  {job.get('source')!r}"
-        )
-    return 0
-
-
 async def transcribe_files(
     config: Config,
     files: list[Path],
     out: Path | None,
+    reporter: Reporter | None = None,
     *,
     engine_factory: EngineFactory = open_engine,
 ) -> int:
@@ -163,6 +182,7 @@ async def transcribe_files(
     board = ProgressBoard(None)
     registries: dict[Path, StemRegistry] = {}
     failures = 0
+    reporter = reporter or Reporter()
     async with engine_factory(config) as engine:
         services = Services(
             config=config,
@@ -185,21 +205,13 @@ async def transcribe_files(
             async with limiter:
                 report = await _transcribe_one(services, path.absolute(), stems)  # noqa: ASYNC240
             if report.outcome == "done":
-                names = " ".join(p.suffix for p in report.outputs[1:])
-                first = report.outputs[0] if report.outputs else folder
-                print(f"{report.record.display_name}: {first} ({names})", file=sys.stderr)
+                reporter.finished(report.progress, path, report.outputs)
             else:
                 failures += 1
-                error = report.error or {}
-                hint = f" ({error['what_to_do']})" if error.get("what_to_do") else ""
-                print(
-                    f"transcribed: {report.record.display_name}: {error.get('reason')}{hint}",
-                    file=sys.stderr,
-                )
+                reporter.failed(report.progress, path, report.error or {})
 
         async with trio.open_nursery() as nursery:
-            if sys.stderr.isatty():
-                nursery.start_soon(_show_bars, board)
+            await nursery.start(reporter.serve_bars, board)
             async with trio.open_nursery() as jobs:
                 for path in files:
                     jobs.start_soon(one, path)
@@ -227,29 +239,6 @@ async def _transcribe_one(services: Services, path: Path, stems: StemRegistry) -
         return await run_at_boundary(
             services, journal, OneShotDestination(output_dir=stems.folder, stems=stems)
         )
-
-
-async def _show_bars(board: ProgressBoard) -> None:
-    from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
-
-    bars: dict[str, Any] = {}
-    with Progress(
-        TextColumn("{task.description}"),
-        BarColumn(),
-        TextColumn("{task.percentage:>5.1f}%"),
-        TimeRemainingColumn(),
-        transient=False,
-    ) as display:
-        while True:
-            for job_id, progress in list(board.jobs.items()):
-                if job_id not in bars:
-                    bars[job_id] = display.add_task(progress.source, total=100)
-                display.update(
-                    bars[job_id],
-                    completed=progress.percent,
-                    description=f"{progress.source} [{progress.state}]",
-                )
-            await trio.sleep(0.2)
 
 
 if __name__ == "__main__":

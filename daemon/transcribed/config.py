@@ -13,6 +13,7 @@ import dataclasses
 import math
 import os
 import re
+import shlex
 import tomllib
 import types
 import typing
@@ -152,6 +153,39 @@ class OpenAIConfig:
     )
 
 
+# ---- issue 10: the status page and the per-job hooks (sections [web] and [notify]) ----
+@dataclass(frozen=True, slots=True, kw_only=True)
+class WebConfig:
+    """The status page, /healthz and /metrics (web.py), served by the daemon itself."""
+
+    listen: str = _key(
+        "HOST:PORT of the status page, /healthz and /metrics; empty disables them",
+        "127.0.0.1:8750",
+    )
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class NotifyConfig:
+    """What runs once per finished or failed job (notify.py)."""
+
+    command: tuple[str, ...] | None = _key(
+        "a program and its arguments, run once per finished or failed job with the job's summary as JSON on stdin",
+        None,
+    )
+    webhook_url: str | None = _key(
+        "POST each finished or failed job's summary as JSON to this URL", None
+    )
+    timeout: float = _key(
+        "seconds the command, or one webhook attempt, may take", 30.0, min=1.0, max=3600.0
+    )
+    webhook_attempts: int = _key(
+        "attempts per webhook delivery before it is given up (and logged)", 3, min=1, max=20
+    )
+
+
+# ---- end issue 10 ----
+
+
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Config:
     """Everything the daemon needs to know; built once at start-up."""
@@ -228,6 +262,8 @@ class Config:
     )
     embedded: EmbeddedConfig = field(default_factory=EmbeddedConfig)
     openai: OpenAIConfig = field(default_factory=OpenAIConfig)
+    web: WebConfig = field(default_factory=WebConfig)  # issue 10
+    notify: NotifyConfig = field(default_factory=NotifyConfig)  # issue 10
 
     @property
     def media_limits(self) -> MediaLimits:
@@ -245,7 +281,12 @@ class Config:
         return {name: self.folder(name) for name in ("inbox", "outbox", "work", "done", "failed")}
 
 
-SECTIONS: dict[str, type[Any]] = {"embedded": EmbeddedConfig, "openai": OpenAIConfig}
+SECTIONS: dict[str, type[Any]] = {
+    "embedded": EmbeddedConfig,
+    "openai": OpenAIConfig,
+    "web": WebConfig,  # issue 10
+    "notify": NotifyConfig,  # issue 10
+}
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -332,6 +373,15 @@ def _convert(spec: KeySpec, raw: Any, source: str) -> Any:
             if isinstance(raw, bool):
                 raise ValueError(raw)
             value = float(raw)
+        elif typing.get_origin(spec.type) is tuple:  # issue 10: an argv list
+            if isinstance(raw, str):
+                value = tuple(shlex.split(raw))
+            elif isinstance(raw, list | tuple) and all(isinstance(item, str) for item in raw):
+                value = tuple(raw)
+            else:
+                raise ValueError(raw)
+            if not value:
+                raise ValueError(raw)
         elif spec.type is Path:
             if not isinstance(raw, str | Path):
                 raise ValueError(raw)
@@ -342,7 +392,7 @@ def _convert(spec: KeySpec, raw: Any, source: str) -> Any:
             value = raw
     except ValueError:
         kind = {bool: "true or false", int: "a whole number", float: "a number"}.get(
-            spec.type, "text"
+            spec.type, "a list of words" if typing.get_origin(spec.type) is tuple else "text"
         )
         raise ConfigError(
             f"{where}: {shown(raw)} is not {kind}", hint=f"{spec.dotted}: {spec.help}"

@@ -100,9 +100,17 @@ class RetryableError(EngineError):
 
     code = "retryable"
 
-    def __init__(self, reason: str, *, hint: str = "", retry_after: float | None = None) -> None:
+    def __init__(
+        self,
+        reason: str,
+        *,
+        hint: str = "",
+        retry_after: float | None = None,
+        status: int | None = None,  # issue 10: the HTTP status, for the retries metric's label
+    ) -> None:
         super().__init__(reason, hint=hint)
         self.retry_after = retry_after
+        self.status = status
 
 
 class UnreachableError(RetryableError):

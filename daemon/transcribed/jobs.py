@@ -28,6 +28,7 @@ import numpy as np
 import structlog
 import trio
 
+from transcribed import metrics
 from transcribed.config import Config
 from transcribed.cutting import Piece, PieceCutter
 from transcribed.engines.base import Engine, EngineTraits, PieceResult, Segment
@@ -370,6 +371,7 @@ class PieceScheduler:
         previous = self.done.get(piece.index)
         if previous is not None and previous[0] == piece.span:
             self.reused += 1
+            metrics.count_piece("reused")
             self._count(piece.span, previous[1])
             return
         if self._interrupted or self.job.services.draining.is_set():
@@ -377,6 +379,7 @@ class PieceScheduler:
             return
         if piece.silent:
             self.silent += 1
+            metrics.count_piece("silent")
             await self._finish(piece.span, PieceResult())
             return
         await self._lookahead.acquire()
@@ -443,6 +446,7 @@ async def transcribe_with_retries(job: Job, index: int, audio: np.ndarray) -> Pi
 
     def on_retry(error: RetryableError, failures: int) -> None:
         job.update(retries=job.progress.retries + 1, last_error=error.reason)
+        metrics.count_retry(error)
         logger.warning(
             "piece.retrying",
             piece=index,
@@ -459,12 +463,14 @@ async def transcribe_with_retries(job: Job, index: int, audio: np.ndarray) -> Pi
             job.update(state="transcribing", waiting_reason=None)
             logger.info("job.resuming", piece=index)
 
-    return await call_with_retries(
-        attempt,
-        gate=services.gate,
-        policy=services.traits.retry,
-        on_retry=on_retry,
-        on_wait=on_wait,
+    return await metrics.timed_piece(  # counts the piece, its latency and cost
+        call_with_retries(
+            attempt,
+            gate=services.gate,
+            policy=services.traits.retry,
+            on_retry=on_retry,
+            on_wait=on_wait,
+        )
     )
 
 

@@ -37,24 +37,6 @@ def _lock_within(fd: int, seconds: float) -> bool:
             time.sleep(0.02)
 
 
-def lock_owner(work: Path) -> str | None:
-    """Who holds work/'s lock, as "pid N on HOST", or None if nobody does (for `status`)."""
-    path = work / LOCK_NAME
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
-    except OSError:
-        return None
-    try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
-        except BlockingIOError:
-            return _describe(os.pread(fd, 200, 0)) or "another process"
-        fcntl.flock(fd, fcntl.LOCK_UN)
-        return None
-    finally:
-        os.close(fd)
-
-
 def _describe(raw: bytes) -> str:
     pid, _, host = raw.decode("utf-8", "replace").strip().partition(" ")
     return f"pid {pid} on {host}" if pid.isdigit() else ""

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 import sys
-from typing import Any
+from typing import Any, TextIO
 
 import structlog
 
@@ -16,8 +16,12 @@ _LEVELS = {
 }
 
 
-def configure_logging(*, log_format: str = "auto", level: str = "info") -> None:
-    """Set up structlog for the whole process. `log_format` is auto, json or console."""
+def configure_logging(
+    *, log_format: str = "auto", level: str = "info", sink: TextIO | None = None
+) -> None:
+    """Set up structlog for the whole process. `log_format` is auto, json or console. `sink`
+    (default stderr) is where lines go: the one-shot command passes its progress bars'
+    console so lines print above the bars (issue 10)."""
     use_console = log_format == "console" or (log_format == "auto" and sys.stderr.isatty())
     processors: list[Any] = [
         structlog.contextvars.merge_contextvars,
@@ -33,6 +37,6 @@ def configure_logging(*, log_format: str = "auto", level: str = "info") -> None:
     structlog.configure(
         processors=processors,
         wrapper_class=structlog.make_filtering_bound_logger(_LEVELS[level]),
-        logger_factory=structlog.PrintLoggerFactory(file=sys.stderr),
+        logger_factory=structlog.PrintLoggerFactory(file=sink or sys.stderr),
         cache_logger_on_first_use=True,
     )

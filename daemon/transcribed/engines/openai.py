@@ -36,6 +36,7 @@ import numpy as np
 import structlog
 import trio
 
+from transcribed import metrics
 from transcribed.config import OpenAIConfig, shown
 from transcribed.engines.base import EngineTraits, PieceResult, Segment
 from transcribed.errors import (
@@ -370,7 +371,9 @@ def classify_response(
         # a gateway that cannot reach the server: the service is down, not this piece
         kind_of = UnreachableError if status in (502, 503, 504) else RetryableError
         return kind_of(
-            f"{reason} ({where}{', ' + kind if kind else ''}){said}", retry_after=retry_after
+            f"{reason} ({where}{', ' + kind if kind else ''}){said}",
+            retry_after=retry_after,
+            status=status,
         )
     hints = {
         400: "the server refused this request or this audio",
@@ -528,7 +531,9 @@ class OpenAIEngine:
                     "audio/transcriptions", data=self.form_fields(), files=files
                 )
         except (httpx.TransportError, trio.TooSlowError) as exc:
+            metrics.count_request(exc)  # issue 10
             raise classify_transport_error(exc) from exc
+        metrics.count_request(response.status_code)  # issue 10
         if response.status_code >= 400 or response.status_code < 200:
             raise classify_response(
                 response.status_code, response.headers, response.content, secret=self._secret

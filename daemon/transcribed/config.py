@@ -10,6 +10,7 @@ values raise `ConfigError` naming the key and where it came from.
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 import tomllib
 import types
@@ -77,6 +78,16 @@ class OpenAIConfig:
     prompt: str | None = _key(
         "a glossary for the model: names and terms of the body holding the hearing", None
     )
+    # --- issue 9: model table keys (keywords/languages are checked against the model at start)
+    keywords: tuple[str, ...] | None = _key(
+        "words or phrases to guide transcription (gpt-transcribe): one line each, no < or >",
+        None,
+    )
+    languages: tuple[str, ...] | None = _key(
+        "the languages the audio may be in, ISO-639-1 (gpt-transcribe); not with openai.language",
+        None,
+    )
+    # --- end issue 9
     response_format: str = _key(
         "verbose_json (timed segments), json (text only), or auto: json for gpt-4o models, else verbose_json",
         "auto",
@@ -136,6 +147,26 @@ class OpenAIConfig:
     max_cost_per_file: float = _key(
         "refuse a recording whose estimated cost is above this many US dollars", 5.0, min=0.0
     )
+
+
+# --- issue 9: the [subtitles] section (its fields are subtitles.SubtitleRules's)
+@dataclass(frozen=True, slots=True, kw_only=True)
+class SubtitlesConfig:
+    """How .srt and .vtt cues are cut (the usual broadcast rules by default)."""
+
+    max_line_chars: int = _key("characters a subtitle line holds at most", 42, min=10, max=200)
+    max_lines: int = _key("lines a cue holds at most", 2, min=1, max=4)
+    max_cue_seconds: float = _key("seconds a cue is shown at most", 7.0, min=1.0, max=60.0)
+    min_cue_seconds: float = _key(
+        "seconds a cue is shown at least, unless the speech is shorter", 1.0, min=0.0, max=10.0
+    )
+    max_chars_per_second: float = _key(
+        "reading speed a cue keeps under where the speech allows", 20.0, min=5.0, max=100.0
+    )
+    pause_break_seconds: float = _key("a pause this long always ends a cue", 1.0, min=0.1, max=60.0)
+
+
+# --- end issue 9
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -203,6 +234,7 @@ class Config:
     )
     embedded: EmbeddedConfig = field(default_factory=EmbeddedConfig)
     openai: OpenAIConfig = field(default_factory=OpenAIConfig)
+    subtitles: SubtitlesConfig = field(default_factory=SubtitlesConfig)  # issue 9
 
     @property
     def media_limits(self) -> MediaLimits:
@@ -220,7 +252,11 @@ class Config:
         return {name: self.folder(name) for name in ("inbox", "outbox", "work", "done", "failed")}
 
 
-SECTIONS: dict[str, type[Any]] = {"embedded": EmbeddedConfig, "openai": OpenAIConfig}
+SECTIONS: dict[str, type[Any]] = {
+    "embedded": EmbeddedConfig,
+    "openai": OpenAIConfig,
+    "subtitles": SubtitlesConfig,  # issue 9
+}
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -307,6 +343,8 @@ def _convert(spec: KeySpec, raw: Any, source: str) -> Any:
             if isinstance(raw, bool):
                 raise ValueError(raw)
             value = float(raw)
+        elif typing.get_origin(spec.type) is tuple:  # issue 9: a list of text
+            value = _text_list(raw)
         elif spec.type is Path:
             if not isinstance(raw, str | Path):
                 raise ValueError(raw)
@@ -317,7 +355,7 @@ def _convert(spec: KeySpec, raw: Any, source: str) -> Any:
             value = raw
     except ValueError:
         kind = {bool: "true or false", int: "a whole number", float: "a number"}.get(
-            spec.type, "text"
+            spec.type, "a list of text" if typing.get_origin(spec.type) is tuple else "text"
         )
         raise ConfigError(
             f"{where}: {raw!r} is not {kind}", hint=f"{spec.dotted}: {spec.help}"
@@ -332,6 +370,21 @@ def _convert(spec: KeySpec, raw: Any, source: str) -> Any:
     if spec.max is not None and value > spec.max:
         raise ConfigError(f"{where}: {value!r} is above the maximum {spec.max:g}")
     return value
+
+
+def _text_list(raw: Any) -> tuple[str, ...]:
+    """A TOML array of strings; from the environment or a flag, a JSON array or a, b, c."""
+    if isinstance(raw, str):
+        if raw.lstrip().startswith("["):
+            try:
+                raw = json.loads(raw)
+            except ValueError:
+                raise ValueError(raw) from None
+        else:
+            raw = [part.strip() for part in raw.split(",") if part.strip()]
+    if not isinstance(raw, list | tuple) or not all(isinstance(item, str) for item in raw):
+        raise ValueError(raw)
+    return tuple(raw)
 
 
 def _flatten_toml(data: Mapping[str, Any], path: Path) -> dict[str, Any]:

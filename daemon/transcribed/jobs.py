@@ -8,6 +8,7 @@ decides what happens to the source.
 
 from __future__ import annotations
 
+import dataclasses
 import shutil
 from collections.abc import AsyncIterator, Callable
 from contextlib import AbstractAsyncContextManager
@@ -32,6 +33,7 @@ from transcribed.outputs import write_outputs
 from transcribed.planning import SAMPLE_RATE, PieceSpan
 from transcribed.progress import JobProgress, ProgressBoard
 from transcribed.retry import RetryPolicy, call_with_retries
+from transcribed.subtitles import SubtitleRules  # issue 9
 
 logger = structlog.get_logger()
 
@@ -262,8 +264,9 @@ async def run_job(
         "warnings": warnings,
     }
     await wait_for_disk(services, progress)
+    rules = SubtitleRules(**dataclasses.asdict(config.subtitles))  # issue 9
     outputs = await trio.to_thread.run_sync(
-        write_outputs, output_dir, record.stem, segments, metadata
+        write_outputs, output_dir, record.stem, segments, metadata, rules
     )
     cost = sum(result.cost for _, result in results.values())
     return JobOutcome(

@@ -115,7 +115,7 @@ async def test_a_gpt4o_request_asks_for_json_and_its_text_spans_the_piece() -> N
 
 async def test_no_key_means_no_authorization_header_for_a_compatible_server() -> None:
     """A speaches/vLLM/LocalAI server without a key gets no Authorization header at all."""
-    config = OpenAIConfig(base_url="http://gpu-box:8000/v1", model="Systran/faster-whisper-small")
+    config = OpenAIConfig(base_url="http://gpu-box:8000/v1", model="Systran/faster-whisper-small", price_per_minute=0.0)
     result, seen = await run_engine(config, verbose_answer, api_key=None)
     assert "authorization" not in seen[0].headers and len(result.segments) == 2  # type: ignore[attr-defined]
 
@@ -131,11 +131,12 @@ async def test_openai_itself_without_a_key_stops_start_up() -> None:
 def test_pieces_that_could_not_be_sent_are_refused_at_start(model: str, maximum: float, fmt: str) -> None:
     """A piece length over the model's 1400 s cap (less headroom) or over what 25 MiB holds in
     the chosen format is a configuration error."""
-    from transcribed.engines.openai import model_profile, piece_limits
+    from transcribed.engines.models import model_spec
+    from transcribed.engines.openai import piece_limits
 
     config = OpenAIConfig(model=model, piece_max_seconds=maximum, upload_format=fmt)
     with pytest.raises(ConfigError):
-        piece_limits(config, model_profile(model), upload_format(fmt))
+        piece_limits(config, model_spec(model, config.base_url), upload_format(fmt))
 
 
 async def test_the_same_samples_always_encode_to_the_same_bytes() -> None:

@@ -65,7 +65,7 @@ class OpenAIConfig:
         "the API's base URL; POST {base_url}/audio/transcriptions", "https://api.openai.com/v1"
     )
     model: str = _key(
-        "the transcription model (whisper-1, gpt-4o-transcribe, gpt-4o-mini-transcribe...)",
+        "the transcription model (gpt-transcribe, whisper-1, gpt-4o-transcribe...)",
         "whisper-1",
     )
     api_key_file: Path | None = _key(
@@ -89,7 +89,7 @@ class OpenAIConfig:
     )
     # --- end issue 9
     response_format: str = _key(
-        "verbose_json (timed segments), json (text only), or auto: json for gpt-4o models, else verbose_json",
+        "verbose_json (timed segments), json (text only), or auto: by the model table",
         "auto",
         choices=("auto", "verbose_json", "json"),
     )
@@ -139,8 +139,9 @@ class OpenAIConfig:
         min=1.0,
     )
     price_per_minute: float | None = _key(
-        "US dollars per audio minute; default: by model (whisper-1 0.006, gpt-4o-transcribe 0.006, "
-        "gpt-4o-mini-transcribe 0.003, other models 0)",
+        "US dollars per audio minute; default: by model (gpt-transcribe 0.0045, whisper-1 0.006, "
+        "gpt-4o-transcribe 0.006, gpt-4o-mini-transcribe 0.003); required for any other model "
+        "while max_cost_per_file is above 0",
         None,
         min=0.0,
     )

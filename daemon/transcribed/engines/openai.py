@@ -34,7 +34,8 @@ import structlog
 import trio
 
 from transcribed.config import OpenAIConfig
-from transcribed.engines.base import PieceResult, Segment
+from transcribed.engines.base import PieceResult, Segment, Word
+from transcribed.engines.models import ModelSpec, check_options, model_spec
 from transcribed.errors import (
     ConfigError,
     EngineError,
@@ -54,54 +55,7 @@ CREDENTIAL_NAME = "openai_api_key"
 DEFAULT_BASE_URL = "https://api.openai.com/v1"
 
 
-# ---------------------------------------------------------------- models and upload formats
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class ModelProfile:
-    """What a model can do and how its pieces are planned."""
-
-    timestamps: bool  # answers verbose_json with timed segments
-    max_audio_seconds: float | None  # the server refuses longer audio
-    price_per_minute: float  # US dollars, today's list price
-    piece_target_seconds: float
-    piece_max_seconds: float
-
-
-_TEXT_ONLY = {
-    "timestamps": False,
-    "max_audio_seconds": 1400.0,
-    "piece_target_seconds": 30.0,
-    "piece_max_seconds": 60.0,
-}
-MODEL_PROFILES: dict[str, ModelProfile] = {
-    "whisper-1": ModelProfile(
-        timestamps=True,
-        max_audio_seconds=None,
-        price_per_minute=0.006,
-        piece_target_seconds=120.0,
-        piece_max_seconds=180.0,
-    ),
-    "gpt-4o-transcribe": ModelProfile(price_per_minute=0.006, **_TEXT_ONLY),  # type: ignore[arg-type]
-    "gpt-4o-mini-transcribe": ModelProfile(price_per_minute=0.003, **_TEXT_ONLY),  # type: ignore[arg-type]
-    "gpt-4o-mini-transcribe-2025-12-15": ModelProfile(price_per_minute=0.003, **_TEXT_ONLY),  # type: ignore[arg-type]
-}
-# Any other model (a compatible server's whisper, a new snapshot): timed segments, no price.
-_OTHER_MODEL = ModelProfile(
-    timestamps=True,
-    max_audio_seconds=None,
-    price_per_minute=0.0,
-    piece_target_seconds=120.0,
-    piece_max_seconds=180.0,
-)
-
-
-def model_profile(model: str) -> ModelProfile:
-    if model in MODEL_PROFILES:
-        return MODEL_PROFILES[model]
-    if model.startswith(("gpt-4o-transcribe", "gpt-4o-mini-transcribe")):
-        return MODEL_PROFILES["gpt-4o-mini-transcribe" if "mini" in model else "gpt-4o-transcribe"]
-    return _OTHER_MODEL
+# ---------------------------------------------------------------- upload formats
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -237,6 +191,7 @@ class ErrorBody:
     message: str
     type: str | None = None
     code: str | None = None
+    param: str | None = None
 
 
 def parse_error_body(body: bytes) -> ErrorBody:
@@ -254,6 +209,7 @@ def parse_error_body(body: bytes) -> ErrorBody:
                 message=_plain(str(error.get("message") or error.get("detail") or "")),
                 type=str(error["type"]) if error.get("type") else None,
                 code=str(code) if code not in (None, "") else None,
+                param=str(error["param"]) if error.get("param") else None,
             )
         if isinstance(error, str):
             return ErrorBody(message=_plain(error))
@@ -365,7 +321,8 @@ def classify_transport_error(exc: Exception) -> EngineError:
 
 
 def parse_answer(body: bytes, *, timestamps: bool, seconds: float) -> list[Segment]:
-    """Segments from a 200 answer; text-only answers become one segment spanning the piece."""
+    """Segments from a 200 answer (with the words' times where the server gave them);
+    text-only answers become one segment spanning the piece."""
     try:
         data = json.loads(body)
     except ValueError:
@@ -381,17 +338,36 @@ def parse_answer(body: bytes, *, timestamps: bool, seconds: float) -> list[Segme
             except (KeyError, TypeError, ValueError):
                 raise RetryableError("the server's answer had a malformed segment") from None
             inside = [w for w in words if start <= _word_time(w) < end]
-            if inside:  # word times are tighter than Whisper's segment bounds
-                start, end = float(inside[0]["start"]), float(inside[-1]["end"])
+            timed = tuple(_words(inside, seconds))
+            if timed:  # word times are tighter than Whisper's segment bounds
+                start, end = timed[0].start, timed[-1].end
             if text.strip():
                 segments.append(
                     Segment(
-                        start=max(0.0, start), end=min(seconds, max(start, end)), text=text.strip()
+                        start=max(0.0, start),
+                        end=min(seconds, max(start, end)),
+                        text=text.strip(),
+                        words=timed,
                     )
                 )
         return segments
     text = str(data.get("text", "")).strip()
     return [Segment(start=0.0, end=seconds, text=text)] if text else []
+
+
+def _words(items: list[dict[str, Any]], seconds: float) -> list[Word]:
+    """OpenAI's {"word", "start", "end"} (LocalAI spells "text"), clipped to the piece."""
+    words = []
+    for item in items:
+        try:
+            start, end = float(item["start"]), float(item["end"])
+        except (KeyError, TypeError, ValueError):
+            continue
+        text = str(item.get("word", item.get("text", ""))).strip()
+        if text:
+            start = min(max(0.0, start), seconds)
+            words.append(Word(start=start, end=min(seconds, max(start, end)), text=text))
+    return words
 
 
 def _word_time(word: dict[str, Any]) -> float:
@@ -414,21 +390,22 @@ class OpenAIEngine:
     ) -> None:
         self.config = config
         self.model = config.model
-        self.profile = model_profile(config.model)
+        self.spec: ModelSpec = model_spec(config.model, config.base_url)
+        check_options(self.spec, config)
         self.capacity = config.max_concurrent_requests
         self.requests_per_minute = config.requests_per_minute
         self.price_per_minute = (
             config.price_per_minute
             if config.price_per_minute is not None
-            else self.profile.price_per_minute
+            else self.spec.price_per_minute or 0.0
         )
         self.response_format = (
             config.response_format
             if config.response_format != "auto"
-            else ("verbose_json" if self.profile.timestamps else "json")
+            else self.spec.response_format
         )
         self.format = upload_format(config.upload_format, config.upload_bitrate)
-        self.limits = piece_limits(config, self.profile, self.format)
+        self.limits = piece_limits(config, self.spec, self.format)
         self._client = client
         self._secret = api_key
 
@@ -442,8 +419,12 @@ class OpenAIEngine:
             "response_format": self.response_format,
             "temperature": "0",
         }
-        if self.config.language:
+        if self.config.language and not self.config.languages:
             fields["language"] = self.config.language
+        if self.config.languages:
+            fields["languages[]"] = list(self.config.languages)
+        if self.config.keywords:
+            fields["keywords[]"] = list(self.config.keywords)
         if self.config.prompt:
             fields["prompt"] = self.config.prompt
         if self.response_format == "verbose_json" and self.config.word_timestamps:
@@ -459,13 +440,12 @@ class OpenAIEngine:
                 hint="lower openai.upload_bitrate or openai.piece_max_seconds",
             )
         files = {"file": (f"piece.{self.format.suffix}", data, self.format.mime)}
-        try:
-            with trio.fail_after(self.config.request_timeout):
-                response = await self._client.post(
-                    "audio/transcriptions", data=self.form_fields(), files=files
-                )
-        except (httpx.TransportError, trio.TooSlowError) as exc:
-            raise classify_transport_error(exc) from exc
+        response = await self._post(files)
+        if response.status_code == 400 and self._refuses_verbose(response):
+            # a compatible server's model without timestamps: ask json from now on
+            self.response_format = "json"
+            logger.warning("engine.verbose_json_refused", model=self.model, now="json")
+            response = await self._post(files)
         if response.status_code >= 400 or response.status_code < 200:
             raise classify_response(
                 response.status_code, response.headers, response.content, secret=self._secret
@@ -475,8 +455,27 @@ class OpenAIEngine:
         )
         return PieceResult(segments=segments, cost=self.estimate_cost(seconds))
 
+    async def _post(self, files: dict[str, tuple[str, bytes, str]]) -> httpx.Response:
+        try:
+            with trio.fail_after(self.config.request_timeout):
+                return await self._client.post(
+                    "audio/transcriptions", data=self.form_fields(), files=files
+                )
+        except (httpx.TransportError, trio.TooSlowError) as exc:
+            raise classify_transport_error(exc) from exc
 
-def piece_limits(config: OpenAIConfig, profile: ModelProfile, fmt: UploadFormat) -> PieceLimits:
+    def _refuses_verbose(self, response: httpx.Response) -> bool:
+        """A 400 that refuses verbose_json, from a model the table does not know (once)."""
+        if not self.spec.may_refuse_verbose or self.response_format != "verbose_json":
+            return False
+        if self.config.response_format != "auto":
+            return False
+        error = parse_error_body(response.content)
+        said = f"{error.param or ''} {error.message}".lower()
+        return "response_format" in said or "verbose_json" in said
+
+
+def piece_limits(config: OpenAIConfig, profile: ModelSpec, fmt: UploadFormat) -> PieceLimits:
     """Pieces short enough for the model's duration cap and the server's upload limit."""
     maximum = config.piece_max_seconds or profile.piece_max_seconds
     target = config.piece_target_seconds or min(profile.piece_target_seconds, maximum)

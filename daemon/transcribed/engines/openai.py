@@ -45,6 +45,7 @@ from transcribed.errors import (
 )
 from transcribed.media import child_environment
 from transcribed.planning import SAMPLE_RATE, PieceLimits
+from transcribed.timing import time_text
 
 logger = structlog.get_logger()
 
@@ -66,6 +67,8 @@ class UploadFormat:
     mime: str
     ffmpeg_args: tuple[str, ...]
     bytes_per_second: float
+    # the muxer must seek back to write a header (mp3's LAME/Info with the encoder delay)
+    seekable_output: bool = False
 
 
 def upload_format(name: str, bitrate: int = 32) -> UploadFormat:
@@ -85,6 +88,7 @@ def upload_format(name: str, bitrate: int = 32) -> UploadFormat:
                 "mp3",
             ),
             bytes_per_second=bitrate * 1000 / 8 * 1.02,
+            seekable_output=True,
         )
     if name == "flac":
         # 16 kHz mono speech compresses to ~18 KB/s; noise can take it close to raw PCM
@@ -105,26 +109,40 @@ def upload_format(name: str, bitrate: int = 32) -> UploadFormat:
 
 
 async def encode_piece(audio: np.ndarray, fmt: UploadFormat, *, timeout: float = 120.0) -> bytes:  # noqa: ASYNC109 - a stuck encoder is this function's own failure to report
-    """16 kHz mono int16 samples → the upload's bytes, through an ffmpeg pipe (no files)."""
+    """16 kHz mono int16 samples → the upload's bytes, through ffmpeg (no files on disk).
+
+    An mp3 is written to a seekable in-memory file (memfd), not a pipe: only then can the muxer
+    go back and write the LAME/Info header that tells a decoder to drop the encoder's 1105
+    priming samples. Through a pipe the header is missing and the server hears every piece
+    69 ms late (measured; see bench/timing.py). Other formats have no priming to declare.
+    """
+    memory = os.memfd_create("piece", os.MFD_CLOEXEC) if fmt.seekable_output else None
+    output = f"/dev/fd/{memory}" if memory is not None else "pipe:1"
     command = [
-        "ffmpeg", "-nostdin", "-hide_banner", "-loglevel", "error", "-threads", "1",
+        "ffmpeg", "-nostdin", "-hide_banner", "-loglevel", "error", "-threads", "1", "-y",
         "-f", "s16le", "-ar", str(SAMPLE_RATE), "-ac", "1", "-i", "pipe:0",
         "-map_metadata", "-1", "-fflags", "+bitexact", "-flags:a", "+bitexact",
-        *fmt.ffmpeg_args, "pipe:1",
+        *fmt.ffmpeg_args, output,
     ]  # fmt: skip
     payload = np.ascontiguousarray(audio, dtype="<i2").tobytes()
     try:
         with trio.fail_after(timeout):
             result = await trio.run_process(
                 command, stdin=payload, capture_stdout=True, capture_stderr=True, check=False,
-                env=child_environment(),
+                env=child_environment(), pass_fds=() if memory is None else (memory,),
             )  # fmt: skip
+        if result.returncode != 0:
+            detail = result.stderr.decode("utf-8", "replace").strip()[-300:]
+            raise PermanentError(f"ffmpeg could not encode a piece for upload: {detail}")
+        if memory is None:
+            return bytes(result.stdout)
+        size = os.fstat(memory).st_size
+        return os.pread(memory, size, 0)
     except trio.TooSlowError:
         raise RetryableError("encoding a piece for upload took too long") from None
-    if result.returncode != 0:
-        detail = result.stderr.decode("utf-8", "replace").strip()[-300:]
-        raise PermanentError(f"ffmpeg could not encode a piece for upload: {detail}")
-    return bytes(result.stdout)
+    finally:
+        if memory is not None:
+            os.close(memory)
 
 
 # ---------------------------------------------------------------- the API key
@@ -450,9 +468,10 @@ class OpenAIEngine:
             raise classify_response(
                 response.status_code, response.headers, response.content, secret=self._secret
             )
-        segments = parse_answer(
-            response.content, timestamps=self.response_format == "verbose_json", seconds=seconds
-        )
+        timed = self.response_format == "verbose_json"
+        segments = parse_answer(response.content, timestamps=timed, seconds=seconds)
+        if not timed:  # text only: the daemon times it at the pauses it hears in the piece
+            segments = time_text(" ".join(s.text for s in segments), audio)
         return PieceResult(segments=segments, cost=self.estimate_cost(seconds))
 
     async def _post(self, files: dict[str, tuple[str, bytes, str]]) -> httpx.Response:

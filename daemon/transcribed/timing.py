@@ -4,14 +4,15 @@ gpt-transcribe (and the gpt-4o models) answer a piece with its text and no times
 heard the piece itself, so it times the text: the piece's 20 ms loudness frames, judged
 against the piece's own noise floor (planning.NoiseFloor, as the planner does), give the runs
 of speech between pauses. The words are laid along the speech only (silence takes no words), in
-proportion to their length; a boundary between two runs then moves to the nearest sentence or
-clause end within a few words, since people pause where punctuation is. Each run with words
+proportion to their length: the words are divided over the runs so that each run's words would
+take about as long as the run lasts, preferring divisions at sentence and clause ends (people
+pause where punctuation is), by dynamic programming. Each run with words
 becomes a segment, with a time for every word, so cues follow the speech, not the piece.
 """
 
 from __future__ import annotations
 
-import bisect
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -24,8 +25,6 @@ from transcribed.planning import FRAMES_PER_SECOND, SAMPLE_RATE, NoiseFloor, fra
 MIN_PAUSE_SECONDS = 0.25
 # a loud run shorter than this alone is a click or a cough, not speech
 MIN_SPEECH_SECONDS = 0.1
-# a run boundary may move this many words to reach punctuation
-SNAP_WORDS = 3
 _SENTENCE_END = (".", "?", "!", "…", '."', '?"', '!"')
 _CLAUSE_END = (",", ";", ":")
 
@@ -49,9 +48,7 @@ def speech_runs(audio: np.ndarray, *, threshold: float | None = None) -> list[Sp
     if len(loudness) == 0:
         return []
     if threshold is None:
-        floor = NoiseFloor()
-        floor.add(loudness)
-        threshold = floor.pause_threshold()
+        threshold = silence_threshold(loudness)
     voiced = loudness >= threshold
     min_pause = round(MIN_PAUSE_SECONDS * FRAMES_PER_SECOND)
     min_speech = round(MIN_SPEECH_SECONDS * FRAMES_PER_SECOND)
@@ -66,6 +63,16 @@ def speech_runs(audio: np.ndarray, *, threshold: float | None = None) -> list[Sp
         for start, end in runs
         if end - start >= min_speech
     ]
+
+
+def silence_threshold(loudness: np.ndarray) -> float:
+    """Frames quieter than this are silence. Lower than the planner's pause threshold: inside
+    a piece the aim is where words are, and quiet consonants (the s and f of "asked for") lie
+    between the floor and the planner's margin; a silence is within a few dB of the floor."""
+    floor = NoiseFloor()
+    floor.add(loudness)
+    low, high = floor.percentile(0.05), floor.percentile(0.90)
+    return min(low + max(4.0, 0.2 * (high - low)), floor.pause_threshold())
 
 
 def _true_runs(mask: np.ndarray) -> list[tuple[int, int]]:
@@ -95,46 +102,61 @@ def time_text(text: str, audio: np.ndarray, *, threshold: float | None = None) -
 
 
 def assign_words(tokens: Sequence[str], runs: Sequence[SpeechRun]) -> list[list[str]]:
-    """The words of each run: laid along the speech time by length, each word going to the run
-    that holds its middle, then boundaries snapped to punctuation nearby."""
+    """The words of each run: the division of the words over the runs whose spoken lengths fit
+    the runs best (by dynamic programming), where a run ends at a sentence end rather than a
+    clause end, and at a clause end rather than mid-phrase."""
+    n, m = len(tokens), len(runs)
     weights = [len(t) + 1 for t in tokens]
-    total_weight = sum(weights)
-    total_speech = sum(run.seconds for run in runs)
-    # cumulative speech time at each run's end
-    ends: list[float] = []
-    at = 0.0
-    for run in runs:
-        at += run.seconds
-        ends.append(at)
-    owner: list[int] = []
-    at = 0.0
+    prefix = [0]
     for weight in weights:
-        middle = (at + weight / 2) / total_weight * total_speech
-        owner.append(min(bisect.bisect_right(ends, middle), len(runs) - 1))
-        at += weight
-    # boundaries: index of the first word of each run after the first
-    boundaries = [bisect.bisect_left(owner, r) for r in range(1, len(runs))]
-    snapped: list[int] = []
-    for boundary in boundaries:
-        low = snapped[-1] if snapped else 0
-        snapped.append(max(low, _snap(tokens, boundary, low)))
-    cuts = [0, *snapped, len(tokens)]
-    return [list(tokens[cuts[i] : cuts[i + 1]]) for i in range(len(runs))]
+        prefix.append(prefix[-1] + weight)
+    rate = sum(run.seconds for run in runs) / prefix[-1]  # seconds of speech per character
+    ends = [_end_penalty(t) for t in tokens]
+    impossible = math.inf
+    # best[j][i]: the cost of giving tokens[:i] to runs[:j]
+    best = [[impossible] * (n + 1) for _ in range(m + 1)]
+    back = [[0] * (n + 1) for _ in range(m + 1)]
+    best[0][0] = 0.0
+    for j in range(1, m + 1):
+        run = runs[j - 1]
+        last = j == m
+        for i in range(n + 1):
+            if last and i != n:
+                continue
+            # the words run j may hold: its expected span is at most ~3x its length
+            for k in range(i, -1, -1):
+                previous = best[j - 1][k]
+                if previous == impossible:
+                    continue
+                cost = previous + _fit(run.seconds, rate * (prefix[i] - prefix[k]))
+                if i < n and i > k:
+                    cost += ends[i - 1]
+                if cost < best[j][i]:
+                    best[j][i], back[j][i] = cost, k
+                if rate * (prefix[i] - prefix[k]) > 3 * run.seconds + 2.0:
+                    break
+    groups: list[list[str]] = []
+    i = n
+    for j in range(m, 0, -1):
+        k = back[j][i]
+        groups.append(list(tokens[k:i]))
+        i = k
+    return groups[::-1]
 
 
-def _snap(tokens: Sequence[str], boundary: int, low: int) -> int:
-    """The nearest word boundary at a sentence end (else a clause end) within SNAP_WORDS."""
-    for ends in (_SENTENCE_END, _CLAUSE_END):
-        best: int | None = None
-        for candidate in range(
-            max(low, boundary - SNAP_WORDS), min(len(tokens), boundary + SNAP_WORDS) + 1
-        ):
-            if 0 < candidate and tokens[candidate - 1].endswith(ends):
-                if best is None or abs(candidate - boundary) < abs(best - boundary):
-                    best = candidate
-        if best is not None:
-            return best
-    return boundary
+def _fit(actual: float, expected: float) -> float:
+    """How badly `expected` seconds of words fit a run of `actual` seconds (0: exactly)."""
+    if expected == 0:
+        return 2.0 + actual  # a run with no words: a cough, a door (possible, not likely)
+    return 4.0 * math.log((actual + 0.3) / (expected + 0.3)) ** 2
+
+
+def _end_penalty(token: str) -> float:
+    if token.endswith(_SENTENCE_END):
+        return 0.0
+    if token.endswith(_CLAUSE_END):
+        return 0.5
+    return 3.0
 
 
 def _spread(tokens: Sequence[str], start: float, end: float) -> list[Word]:

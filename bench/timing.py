@@ -108,8 +108,9 @@ def span_errors(truth: list[tuple[str, float, float]], spans: list[tuple[float, 
     return starts, ends, lost, extra
 
 
-def run_openai(recording: Path, truth: list[tuple[str, float, float]], model: str, work: Path) -> dict[str, object]:
-    port_file = work / f"port-{model}"
+def run_openai(recording: Path, truth: list[tuple[str, float, float]], model: str, work: Path, *, utterances: list[tuple[int, int]] | None = None, flags: tuple[str, ...] = ()) -> dict[str, object]:
+    name = f"{model}-{recording.stem}-{len(list(work.glob('out-*')))}"
+    port_file = work / f"port-{name}"
     server = subprocess.Popen(
         [PYTHON, str(ROOT / "tests" / "openai_server.py"), "--port-file", str(port_file), "--corpus", str(recording)],
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
@@ -121,7 +122,7 @@ def run_openai(recording: Path, truth: list[tuple[str, float, float]], model: st
                 raise RuntimeError("the fake server did not start")
             time.sleep(0.1)
         url = port_file.read_text().strip()
-        out = work / f"out-{model}"
+        out = work / f"out-{name}"
         out.mkdir()
         env = {**os.environ, "PYTHONPATH": str(ROOT / "daemon"), "OPENAI_API_KEY": "sk-bench-not-a-key"}
         env = {k: v for k, v in env.items() if not k.startswith("TRANSCRIBED_")}
@@ -129,7 +130,7 @@ def run_openai(recording: Path, truth: list[tuple[str, float, float]], model: st
         subprocess.run(
             [PYTHON, "-m", "transcribed", "transcribe", str(recording), "--out", str(out),
              "--engine", "openai", "--openai-base-url", url, "--openai-model", model,
-             "--openai-max-cost-per-file", "100", "--log-level", "error"],
+             "--openai-max-cost-per-file", "100", "--log-level", "error", *flags],
             check=True, env=env, stdout=subprocess.DEVNULL, timeout=1800,
         )  # fmt: skip
         elapsed = time.monotonic() - started
@@ -145,8 +146,19 @@ def run_openai(recording: Path, truth: list[tuple[str, float, float]], model: st
     cue_starts, _, _, _ = span_errors(truth, [(c.start, c.end, c.text) for c in cues])
     problems = cue_problems(cues)
     kept = sum(1 for p in problems if not p)
+    if utterances is not None:  # real speech: only utterance bounds are exact
+        starts, ends = utterance_errors(truth, utterances, document)
+        return {
+            "model": model, "corpus": "real speech (bench/corpus.py)", "flags": " ".join(flags),
+            "requests": stats_doc.get("requests"), "utterances": len(utterances),
+            "utterance_start": stats(starts), "utterance_end": stats(ends),
+            "mean_start_offset_ms": round(1000 * float(np.mean(starts)), 1) if starts else None,
+            "lost_words": lost, "extra_words": extra, "cues": len(cues),
+            "cues_within_rules_pct": round(100 * kept / max(1, len(cues)), 2), "broken_rules": _tally(problems),
+        }  # fmt: skip
     return {
         "model": model,
+        "flags": " ".join(flags),
         "seconds": round(elapsed, 1),
         "requests": stats_doc.get("requests"),
         "segments": len(segments),
@@ -168,6 +180,49 @@ def _tally(problems: list[list[str]]) -> dict[str, int]:
         for name in found:
             counts[name] = counts.get(name, 0) + 1
     return counts
+
+
+def real_corpus(work: Path, seconds: float) -> tuple[Path, list[tuple[str, float, float]], list[tuple[int, int]]]:
+    """A bench/corpus.py recording (real speech, a hearing room's floor) as a corpus for the
+    fake server: the words of each utterance spread over it by length (so the server can pick
+    those of a piece), and the (first, last) word index of every utterance, whose start and
+    end are exact."""
+    from corpus import build as build_real
+
+    recording = work / "real-text.wav"
+    placements = build_real(recording, seconds, seed=3, layout_path=work / "real-text.layout.json")
+    words: list[tuple[str, float, float]] = []
+    utterances: list[tuple[int, int]] = []
+    for placement in placements:
+        tokens = placement.text.split()
+        total = sum(len(t) + 1 for t in tokens)
+        at = placement.start
+        first = len(words)
+        for token in tokens:
+            length = (placement.end - placement.start) * (len(token) + 1) / total
+            words.append((token, round(at, 4), round(at + length, 4)))
+            at += length
+        utterances.append((first, len(words) - 1))
+    recording.with_suffix(".words.json").write_text(json.dumps(words))
+    return recording, words, utterances
+
+
+def utterance_errors(truth: list[tuple[str, float, float]], utterances: list[tuple[int, int]], document: dict[str, object]) -> tuple[list[float], list[float]]:
+    """Output word times at each utterance's first and last word against the exact times."""
+    timed: list[tuple[str, float, float]] = []
+    for segment in document["segments"]:  # type: ignore[attr-defined]
+        tokens = segment["text"].split()
+        words = segment.get("words") or []
+        if len(words) == len(tokens):
+            timed.extend((t, w["start"], w["end"]) for t, w in zip(tokens, words, strict=True))
+        else:
+            step = (segment["end"] - segment["start"]) / max(1, len(tokens))
+            timed.extend((t, segment["start"] + i * step, segment["start"] + (i + 1) * step) for i, t in enumerate(tokens))
+    mapping, _, _ = align(truth, [t for t, _, _ in timed])
+    back = {v: k for k, v in mapping.items()}
+    starts = [timed[back[a]][1] - truth[a][1] for a, _ in utterances if a in back]
+    ends = [timed[back[b]][2] - truth[b][2] for _, b in utterances if b in back]
+    return starts, ends
 
 
 def run_embedded(work: Path, seconds: float) -> dict[str, object]:
@@ -213,6 +268,8 @@ def main() -> int:
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--models", default="whisper-1,gpt-transcribe,gpt-4o-transcribe")
     parser.add_argument("--embedded-seconds", type=float, default=180.0, help="0 to skip")
+    parser.add_argument("--real-seconds", type=float, default=300.0, help="real-speech corpus for text-only models; 0 to skip")
+    parser.add_argument("--piece-targets", default="", help="also try these openai.piece_target_seconds for text-only models, e.g. 15,60,120")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="bench-timing-") as folder:
         work = Path(folder)
@@ -220,7 +277,21 @@ def main() -> int:
         words = build(recording, args.seconds, args.seed)
         truth = [(w.text, w.start, w.end) for w in words]
         print(f"corpus: {args.seconds:g} s, {len(truth)} words (espeak-ng), seed {args.seed}", file=sys.stderr)
-        results = [run_openai(recording, truth, model, work) for model in args.models.split(",") if model]
+        models = [model for model in args.models.split(",") if model]
+        results = [run_openai(recording, truth, model, work) for model in models]
+        text_only = [m for m in models if m != "whisper-1"][:1]
+        for target in [t for t in args.piece_targets.split(",") if t]:
+            maximum = str(max(float(target) * 2, 10.0))
+            for model in text_only:
+                results.append(run_openai(recording, truth, model, work, flags=("--openai-piece-target-seconds", target, "--openai-piece-max-seconds", maximum)))
+        if args.real_seconds > 0:
+            real, real_truth, utterances = real_corpus(work, args.real_seconds)
+            for model in text_only:
+                results.append(run_openai(real, real_truth, model, work, utterances=utterances))
+                for target in [t for t in args.piece_targets.split(",") if t]:
+                    maximum = str(max(float(target) * 2, 10.0))
+                    flags = ("--openai-piece-target-seconds", target, "--openai-piece-max-seconds", maximum)
+                    results.append(run_openai(real, real_truth, model, work, utterances=utterances, flags=flags))
         if args.embedded_seconds > 0:
             results.append(run_embedded(work, args.embedded_seconds))
     for result in results:

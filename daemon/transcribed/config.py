@@ -104,13 +104,13 @@ class OpenAIConfig:
         "the server's request body limit (OpenAI: 26214400)", 26_214_400, min=1_000_000
     )
     piece_target_seconds: float | None = _key(
-        "aim for pieces of about this length; default: by model (120 s whisper-1, 30 s gpt-4o)",
+        "aim for pieces of about this length; default: by model (120 s)",
         None,
         min=5.0,
         max=1380.0,
     )
     piece_max_seconds: float | None = _key(
-        "never send a piece longer than this; default: by model (180 s whisper-1, 60 s gpt-4o)",
+        "never send a piece longer than this; default: by model (180 s)",
         None,
         min=10.0,
         max=1380.0,

@@ -1,9 +1,9 @@
 """Pure timing of text-only answers: a piece's text spread over the speech inside the piece.
 
 gpt-transcribe (and the gpt-4o models) answer a piece with its text and no times. The daemon
-heard the piece itself, so it times the text: the piece's 20 ms loudness frames, judged
-against the piece's own noise floor (planning.NoiseFloor, as the planner does), give the runs
-of speech between pauses. The words are laid along the speech only (silence takes no words), in
+heard the piece itself, so it times the text: the piece's 20 ms loudness frames (after
+pre-emphasis, which lifts consonants over a room's rumble), judged against the piece's own
+noise floor (planning.NoiseFloor, as the planner does), give the runs of speech between pauses. The words are laid along the speech only (silence takes no words), in
 proportion to their length: the words are divided over the runs so that each run's words would
 take about as long as the run lasts, preferring divisions at sentence and clause ends (people
 pause where punctuation is), by dynamic programming. Each run with words
@@ -43,8 +43,8 @@ class SpeechRun:
 
 def speech_runs(audio: np.ndarray, *, threshold: float | None = None) -> list[SpeechRun]:
     """Runs of speech in 16 kHz int16 samples, split at pauses of ≥ MIN_PAUSE_SECONDS.
-    `threshold` (dBFS) is the recording's pause threshold when known; else the piece's own."""
-    loudness = frame_loudness(audio)
+    `threshold` (dBFS, of the pre-emphasised signal) overrides the piece's own."""
+    loudness = frame_loudness(pre_emphasis(audio))
     if len(loudness) == 0:
         return []
     if threshold is None:
@@ -63,6 +63,16 @@ def speech_runs(audio: np.ndarray, *, threshold: float | None = None) -> list[Sp
         for start, end in runs
         if end - start >= min_speech
     ]
+
+
+def pre_emphasis(audio: np.ndarray) -> np.ndarray:
+    """y[n] = x[n] - 0.97 x[n-1], the usual speech front end: it lifts the consonants and
+    damps hum and the low rumble of a room, so quiet consonants stand above the floor."""
+    samples = audio.astype(np.float32)
+    emphasised = np.empty_like(samples)
+    emphasised[:1] = samples[:1]
+    emphasised[1:] = samples[1:] - 0.97 * samples[:-1]
+    return np.clip(emphasised, -32768, 32767).astype(np.int16)
 
 
 def silence_threshold(loudness: np.ndarray) -> float:

@@ -225,18 +225,19 @@ def utterance_errors(truth: list[tuple[str, float, float]], utterances: list[tup
     return starts, ends
 
 
-def run_embedded(work: Path, seconds: float) -> dict[str, object]:
+def run_embedded(work: Path, seconds: float, daemon: Path = ROOT / "daemon") -> dict[str, object]:
     from corpus import build as build_real
     from corpus import load_layout
     from textnorm import wer
 
     recording = work / "real.wav"
     layout_path = work / "real.layout.json"
-    build_real(recording, seconds, seed=2, layout_path=layout_path)
-    out = work / "out-embedded"
+    if not recording.exists():
+        build_real(recording, seconds, seed=2, layout_path=layout_path)
+    out = work / f"out-embedded-{len(list(work.glob('out-embedded*')))}"
     out.mkdir()
     env = {k: v for k, v in os.environ.items() if not k.startswith("TRANSCRIBED_")}
-    env["PYTHONPATH"] = str(ROOT / "daemon")
+    env["PYTHONPATH"] = str(daemon)
     started = time.monotonic()
     subprocess.run(
         [PYTHON, "-m", "transcribed", "transcribe", str(recording), "--out", str(out), "--engine", "embedded", "--log-level", "error"],
@@ -252,6 +253,7 @@ def run_embedded(work: Path, seconds: float) -> dict[str, object]:
     txt = re.sub(r"\[\d\d:\d\d:\d\d\]", " ", (out / "real.txt").read_text())
     return {
         "model": "embedded",
+        "daemon": str(daemon),
         "seconds": round(elapsed, 1),
         "cues": len(cues),
         "cues_within_rules_pct": round(100 * sum(1 for p in problems if not p) / max(1, len(cues)), 2),
@@ -268,6 +270,7 @@ def main() -> int:
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--models", default="whisper-1,gpt-transcribe,gpt-4o-transcribe")
     parser.add_argument("--embedded-seconds", type=float, default=180.0, help="0 to skip")
+    parser.add_argument("--compare-daemon", type=Path, help="also run the embedded engine with this daemon/ folder (an older checkout)")
     parser.add_argument("--real-seconds", type=float, default=300.0, help="real-speech corpus for text-only models; 0 to skip")
     parser.add_argument("--piece-targets", default="", help="also try these openai.piece_target_seconds for text-only models, e.g. 15,60,120")
     args = parser.parse_args()
@@ -294,6 +297,8 @@ def main() -> int:
                     results.append(run_openai(real, real_truth, model, work, utterances=utterances, flags=flags))
         if args.embedded_seconds > 0:
             results.append(run_embedded(work, args.embedded_seconds))
+            if args.compare_daemon:
+                results.append(run_embedded(work, args.embedded_seconds, args.compare_daemon))
     for result in results:
         print(json.dumps(result))
     return 0

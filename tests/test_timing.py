@@ -73,3 +73,12 @@ async def test_an_mp3_upload_decodes_without_the_encoders_delay() -> None:
     template = audio[RATE - 100 : RATE + 3300].astype(float)
     lag = int(np.argmax(np.correlate(heard, template, mode="valid"))) - (RATE - 100)
     assert abs(lag) <= 16  # within 1 ms
+
+
+def test_digital_silence_is_never_speech() -> None:
+    """Zeros (a padded start, a filled timestamp gap) hold no run of speech, and text given
+    for them falls back to spanning the piece."""
+    silence = np.zeros(RATE * 30, dtype=np.int16)
+    assert speech_runs(silence) == []
+    [segment] = time_text("something", silence)
+    assert (segment.start, segment.end) == (0.0, 30.0)

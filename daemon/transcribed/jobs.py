@@ -144,14 +144,14 @@ async def run_job(
 
     price_per_minute = float(getattr(services.engine, "price_per_minute", 0.0))
     if price_per_minute > 0:  # an engine that costs nothing does not pay for this pass
-        await _check_cost(services, source, progress, price_per_minute)
+        await _check_cost(services, source, progress, price_per_minute, info.chosen_track)
 
     record, limits = await trio.to_thread.run_sync(
         journal.fix_limits, record, services.engine.limits
     )
     done = await trio.to_thread.run_sync(journal.done_pieces)
     results: dict[int, tuple[PieceSpan, PieceResult]] = {}
-    warnings: list[str] = []
+    warnings: list[str] = [w for w in [info.track_warning()] if w]  # issue 9
     counts = {"reused": 0, "silent": 0}
     max_samples = round(config.max_audio_seconds * SAMPLE_RATE)
     lookahead = trio.Semaphore(services.engine.capacity + 1)
@@ -216,7 +216,7 @@ async def run_job(
     interrupted = False
     async with trio.open_nursery() as nursery:
         try:
-            async with _decode(config, source) as blocks:
+            async with _decode(config, source, info.chosen_track) as blocks:  # issue 9
                 async for block in blocks:
                     for piece in cutter.feed(block):
                         interrupted = interrupted or not await take(piece, nursery)
@@ -246,6 +246,7 @@ async def run_job(
             )
         if not interrupted:
             board.update(progress, audio_seconds_total=total_seconds)
+            warnings.extend(w for w in [info.length_warning(total_seconds)] if w)  # issue 9
             for piece in cutter.finish():
                 interrupted = not await take(piece, nursery)
             board.update(progress, pieces_total=cutter.pieces_planned)
@@ -281,13 +282,16 @@ async def run_job(
     )
 
 
-def _decode(config: Config, source: Path) -> AbstractAsyncContextManager[AsyncIterator[np.ndarray]]:
+def _decode(
+    config: Config, source: Path, audio_track: int = 0
+) -> AbstractAsyncContextManager[AsyncIterator[np.ndarray]]:
     """The source's audio as 16 kHz mono blocks, under the configured limits."""
     return open_pcm_stream(
         source,
         max_seconds=config.max_audio_seconds,
         stall_timeout=config.decode_stall_timeout,
         limits=config.media_limits,
+        audio_track=audio_track,  # issue 9
     )
 
 
@@ -300,14 +304,18 @@ def _too_long(limit: float) -> RejectedFileError:
 
 
 async def _check_cost(
-    services: Services, source: Path, progress: JobProgress, price_per_minute: float
+    services: Services,
+    source: Path,
+    progress: JobProgress,
+    price_per_minute: float,
+    audio_track: int = 0,  # issue 9
 ) -> None:
     """Before any spend: decode once to count the real samples (never the header's claim),
     publish the estimated cost, and refuse the file if it is over the cap."""
     config = services.config
     samples = 0
     try:
-        async with _decode(config, source) as blocks:
+        async with _decode(config, source, audio_track) as blocks:
             async for block in blocks:
                 samples += len(block)
     except DecodeError as exc:

@@ -25,6 +25,8 @@ from transcribed.planning import FRAMES_PER_SECOND, SAMPLE_RATE, NoiseFloor, fra
 MIN_PAUSE_SECONDS = 0.25
 # a loud run shorter than this alone is a click or a cough, not speech
 MIN_SPEECH_SECONDS = 0.1
+# frames at or under this are digital silence (a padded start, a filled gap), never speech
+DIGITAL_SILENCE_DB = -90.0
 _SENTENCE_END = (".", "?", "!", "…", '."', '?"', '!"')
 _CLAUSE_END = (",", ";", ":")
 
@@ -49,7 +51,7 @@ def speech_runs(audio: np.ndarray, *, threshold: float | None = None) -> list[Sp
         return []
     if threshold is None:
         threshold = silence_threshold(loudness)
-    voiced = loudness >= threshold
+    voiced = (loudness >= threshold) & (loudness > DIGITAL_SILENCE_DB)
     min_pause = round(MIN_PAUSE_SECONDS * FRAMES_PER_SECOND)
     min_speech = round(MIN_SPEECH_SECONDS * FRAMES_PER_SECOND)
     runs: list[list[int]] = []
@@ -82,7 +84,8 @@ def silence_threshold(loudness: np.ndarray) -> float:
     floor = NoiseFloor()
     floor.add(loudness)
     low, high = floor.percentile(0.05), floor.percentile(0.90)
-    return min(low + max(4.0, 0.2 * (high - low)), floor.pause_threshold())
+    # the planner's threshold sits below the floor when the piece has no dynamic range at all
+    return max(min(low + max(4.0, 0.2 * (high - low)), floor.pause_threshold()), low + 3.0)
 
 
 def _true_runs(mask: np.ndarray) -> list[tuple[int, int]]:

@@ -23,6 +23,8 @@ from transcribed.planning import FRAMES_PER_SECOND, SAMPLE_RATE, NoiseFloor, fra
 
 # gaps shorter than this are inside a phrase (stops, breaths between words), not pauses
 MIN_PAUSE_SECONDS = 0.25
+# a gap shorter than this between two runs, where the words go on mid-phrase, is not a pause
+JOIN_GAP_SECONDS = 0.6
 # a loud run shorter than this alone is a click or a cough, not speech
 MIN_SPEECH_SECONDS = 0.1
 # frames at or under this are digital silence (a padded start, a filled gap), never speech
@@ -104,14 +106,30 @@ def time_text(text: str, audio: np.ndarray, *, threshold: float | None = None) -
     if not runs:
         runs = [SpeechRun(start=0.0, end=seconds)]
     groups = assign_words(tokens, runs)
-    segments = []
+    # runs that hold words, joined where a short gap falls mid-phrase: that was a quiet
+    # consonant or a breath, not a pause, and the words around it are one segment
+    joined: list[tuple[list[SpeechRun], list[str]]] = []
     for run, words in zip(runs, groups, strict=True):
-        if words:
-            timed = _spread(words, run.start, run.end)
-            segments.append(
-                Segment(start=run.start, end=run.end, text=" ".join(words), words=tuple(timed))
-            )
-    return segments
+        if not words:
+            continue
+        if (
+            joined
+            and _end_penalty(joined[-1][1][-1]) >= _end_penalty("x")
+            and run.start - joined[-1][0][-1].end < JOIN_GAP_SECONDS
+        ):
+            joined[-1][0].append(run)
+            joined[-1][1].extend(words)
+        else:
+            joined.append(([run], list(words)))
+    return [
+        Segment(
+            start=parts[0].start,
+            end=parts[-1].end,
+            text=" ".join(words),
+            words=tuple(_spread_over(words, parts)),
+        )
+        for parts, words in joined
+    ]
 
 
 def assign_words(tokens: Sequence[str], runs: Sequence[SpeechRun]) -> list[list[str]]:
@@ -125,6 +143,11 @@ def assign_words(tokens: Sequence[str], runs: Sequence[SpeechRun]) -> list[list[
         prefix.append(prefix[-1] + weight)
     rate = sum(run.seconds for run in runs) / prefix[-1]  # seconds of speech per character
     ends = [_end_penalty(t) for t in tokens]
+    # a boundary mid-phrase before a short gap costs little: time_text joins the two runs
+    joins = [
+        1.0 if j + 1 >= m or runs[j + 1].start - runs[j].end >= JOIN_GAP_SECONDS else 0.2
+        for j in range(m)
+    ]
     impossible = math.inf
     # best[j][i]: the cost of giving tokens[:i] to runs[:j]
     best = [[impossible] * (n + 1) for _ in range(m + 1)]
@@ -143,7 +166,7 @@ def assign_words(tokens: Sequence[str], runs: Sequence[SpeechRun]) -> list[list[
                     continue
                 cost = previous + _fit(run.seconds, rate * (prefix[i] - prefix[k]))
                 if i < n and i > k:
-                    cost += ends[i - 1]
+                    cost += ends[i - 1] * joins[j - 1]
                 if cost < best[j][i]:
                     best[j][i], back[j][i] = cost, k
                 if rate * (prefix[i] - prefix[k]) > 3 * run.seconds + 2.0:
@@ -170,6 +193,29 @@ def _end_penalty(token: str) -> float:
     if token.endswith(_CLAUSE_END):
         return 0.5
     return 3.0
+
+
+def _spread_over(tokens: Sequence[str], runs: Sequence[SpeechRun]) -> list[Word]:
+    """Words laid over the speech of one or more runs by length, skipping the gaps between."""
+    total = sum(run.seconds for run in runs)
+    weights = [len(t) + 1 for t in tokens]
+    scale = total / sum(weights)
+    words: list[Word] = []
+    at = 0.0  # speech time laid so far
+
+    def clock(speech_time: float) -> float:
+        for run in runs:
+            if speech_time <= run.seconds + 1e-9:
+                return run.start + speech_time
+            speech_time -= run.seconds
+        return runs[-1].end
+
+    for token, weight in zip(tokens, weights, strict=True):
+        length = weight * scale
+        start = clock(at + 1e-6) if at > 0 else runs[0].start
+        words.append(Word(start=start, end=max(start, clock(at + length)), text=token))
+        at += length
+    return words
 
 
 def _spread(tokens: Sequence[str], start: float, end: float) -> list[Word]:

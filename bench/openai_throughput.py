@@ -60,7 +60,8 @@ from openai_server import RETRYABLE_FAULTS  # noqa: E402
 from transcribed.app import run_daemon  # noqa: E402
 from transcribed.config import Config, load_config  # noqa: E402
 from transcribed.cutting import PieceCutter  # noqa: E402
-from transcribed.engines.openai import model_profile, piece_limits, upload_format  # noqa: E402
+from transcribed.engines.models import model_spec  # noqa: E402
+from transcribed.engines.openai import piece_limits, upload_format  # noqa: E402
 from transcribed.logs import configure_logging  # noqa: E402
 from transcribed.planning import SAMPLE_RATE  # noqa: E402
 
@@ -152,7 +153,7 @@ async def transcribe(config: Config, sources: list[Path]) -> tuple[float, list[d
 def piece_plan(path: Path) -> list[float]:
     """The audio seconds of each piece the daemon sends for this file (silent pieces are not
     sent), in plan order."""
-    limits = piece_limits(load_config(environ={}).openai, model_profile("whisper-1"), upload_format("mp3"))
+    limits = piece_limits(load_config(environ={}).openai, model_spec("whisper-1", "https://api.openai.com/v1"), upload_format("mp3"))
     pcm = subprocess.run(["ffmpeg", "-v", "error", "-i", str(path), "-f", "s16le", "-ac", "1", "-ar", str(SAMPLE_RATE), "-"], capture_output=True, check=True).stdout
     cutter = PieceCutter(limits)
     audio = np.frombuffer(pcm, dtype="<i2")

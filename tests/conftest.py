@@ -167,7 +167,7 @@ class SyntheticDecoder:
         return ProbeResult(format_name="synthetic", claimed_duration=self._seconds(path), audio_streams=1, audio_codec="pcm")
 
     @asynccontextmanager
-    async def open_pcm(self, path: Path) -> AsyncIterator[AsyncIterator[np.ndarray]]:
+    async def open_pcm(self, path: Path, *, audio_track: int = 0) -> AsyncIterator[AsyncIterator[np.ndarray]]:
         seconds = self._seconds(path)
         self.opened += 1
 

@@ -20,6 +20,10 @@ It speaks HTTP/1.1 (h11 over Trio sockets) and behaves like `POST /v1/audio/tran
   answer comes `slow_seconds` late), quota (429 insufficient_quota), unauthorized (401 echoing
   part of the key, as OpenAI does), bad_request (400). Faults come from a script (the next
   requests, in order) or at random with a rate per kind (seeded);
+* with a `corpus` (speech_corpus.Corpus, a recording whose every word time is known), locates
+  each upload in it by cross-correlation and answers with the exact words whose centres fall
+  in the piece, timed as the piece decodes: timed segments (to a sentence end or a 0.5 s
+  pause) for whisper-1, bare text for gpt-transcribe and the gpt-4o models;
 * counts, per upload sha256, the bodies fully received and the pieces answered 200, so a test
   can prove that no piece was sent again after it succeeded.
 
@@ -45,7 +49,10 @@ from pathlib import Path
 from typing import Any
 
 import h11
+import numpy as np
 import trio
+
+from speech_corpus import Corpus
 
 UPLOAD_LIMIT = 26_214_400
 SCHEMA_FIELDS = frozenset(
@@ -59,6 +66,7 @@ MODELS = {
     "whisper-1": {"formats": {"json", "text", "srt", "verbose_json", "vtt"}, "max_seconds": None},
     "gpt-4o-transcribe": {"formats": {"json", "text"}, "max_seconds": 1400.0},
     "gpt-4o-mini-transcribe": {"formats": {"json", "text"}, "max_seconds": 1400.0},
+    "gpt-transcribe": {"formats": {"json", "text"}, "max_seconds": None},
 }
 MODEL_GONE = "whisper-1"
 EXTENSIONS = {"flac", "m4a", "mp3", "mp4", "mpeg", "mpga", "oga", "ogg", "wav", "webm"}
@@ -129,8 +137,10 @@ class _Drop(Exception):
 class FakeOpenAI:
     """The server; `await nursery.start(server.serve)` returns its base URL."""
 
-    def __init__(self, settings: ServerSettings | None = None) -> None:
+    def __init__(self, settings: ServerSettings | None = None, *, corpus: Corpus | None = None) -> None:
         self.settings = settings or ServerSettings()
+        # with a corpus, each upload is located in it and answered with its true words
+        self.corpus = corpus
         self.stats = ServerStats()
         self.script: deque[str | None] = deque()
         self._random = random.Random(self.settings.seed)
@@ -389,21 +399,24 @@ class FakeOpenAI:
         filename, _, data = upload
         if filename.rsplit(".", 1)[-1].lower() not in EXTENSIONS:
             raise _Reject(400, f"Unsupported file format {filename.rsplit('.', 1)[-1]}", code="unsupported_value", param="file")
-        seconds = await _decoded_seconds(data)
-        if seconds is None:
+        pcm = await _decoded(data)
+        seconds = None if pcm is None else len(pcm) / 16000
+        if pcm is None or seconds is None:
             raise _Reject(400, "Audio file might be corrupted or unsupported", code="invalid_value", param="file")
         if seconds < 0.1:
             raise _Reject(400, f"audio duration {seconds} seconds is shorter than 0.1 seconds which is the minimum for this model", code="invalid_value")
         cap = MODELS[model]["max_seconds"]
         if cap is not None and seconds > cap:
             raise _Reject(400, f"audio duration {seconds:.2f} seconds is longer than {cap:g} seconds which is the maximum for this model", code="invalid_value")
-        words = _words_for(data, seconds)
+        if self.corpus is not None:
+            words = self.corpus.words_in(self.corpus.locate(pcm), len(pcm))
+        else:
+            words = _words_for(data, seconds)
         text = " ".join(word for word, _, _ in words)
         if response_format != "verbose_json":
             return {"text": text, "usage": {"type": "duration", "seconds": math.ceil(seconds)}}, seconds
         segments = []
-        for number in range(0, len(words), 5):
-            chunk = words[number : number + 5]
+        for chunk in _segment_words(words, by_sentence=self.corpus is not None):
             segments.append({"id": len(segments), "seek": 0, "start": chunk[0][1], "end": chunk[-1][2], "text": " " + " ".join(w for w, _, _ in chunk), "tokens": [], "temperature": 0.0, "avg_logprob": -0.2, "compression_ratio": 1.2, "no_speech_prob": 0.01})
         answer: dict[str, Any] = {"task": "transcribe", "language": "english", "duration": seconds, "text": text, "segments": segments, "usage": {"type": "duration", "seconds": math.ceil(seconds)}}
         if "word" in granularities:
@@ -469,14 +482,29 @@ def _parse_form(content_type: str, body: bytes) -> tuple[str, dict[str, list[str
     return digest, form, upload
 
 
-async def _decoded_seconds(data: bytes) -> float | None:
+async def _decoded(data: bytes) -> np.ndarray | None:
+    """The upload as 16 kHz mono samples, as a server's ffmpeg decodes it."""
     result = await trio.run_process(
         ["ffmpeg", "-nostdin", "-v", "error", "-i", "pipe:0", "-f", "s16le", "-ac", "1", "-ar", "16000", "pipe:1"],
         stdin=data, capture_stdout=True, capture_stderr=True, check=False,
     )  # fmt: skip
     if result.returncode != 0 or not result.stdout:
         return None
-    return len(result.stdout) / 32000
+    return np.frombuffer(result.stdout, dtype="<i2")
+
+
+def _segment_words(words: list[tuple[str, float, float]], *, by_sentence: bool) -> list[list[tuple[str, float, float]]]:
+    """Whisper-like segments: five words each, or (corpus) up to a sentence end or a pause of
+    0.5 s, at most 30 words."""
+    if not by_sentence:
+        return [words[i : i + 5] for i in range(0, len(words), 5)]
+    chunks: list[list[tuple[str, float, float]]] = []
+    for word in words:
+        if chunks and not (chunks[-1][-1][0].endswith((".", "?", "!")) or word[1] - chunks[-1][-1][2] >= 0.5 or len(chunks[-1]) >= 30):
+            chunks[-1].append(word)
+        else:
+            chunks.append([word])
+    return chunks
 
 
 def _words_for(data: bytes, seconds: float) -> list[tuple[str, float, float]]:
@@ -495,8 +523,10 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--port-file", type=Path, required=True)
     parser.add_argument("--settings", default="{}", help="ServerSettings fields as JSON")
+    parser.add_argument("--corpus", type=Path, help="a speech_corpus.py recording to answer from")
     args = parser.parse_args()
-    server = FakeOpenAI(ServerSettings(**json.loads(args.settings)))
+    corpus = Corpus(args.corpus) if args.corpus else None
+    server = FakeOpenAI(ServerSettings(**json.loads(args.settings)), corpus=corpus)
 
     async def run() -> None:
         async with trio.open_nursery() as nursery:

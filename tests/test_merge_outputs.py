@@ -12,6 +12,7 @@ from transcribed.engines.base import Segment
 from transcribed.merge import merge_pieces
 from transcribed.outputs import render_srt, render_txt, render_vtt, write_outputs
 from transcribed.planning import SAMPLE_RATE, PieceSpan
+from transcribed.subtitles import make_cues
 
 
 def span(index: int, start: float, end: float, keep_start: float | None = None, keep_end: float | None = None) -> PieceSpan:
@@ -60,25 +61,27 @@ def test_segments_never_overlap_and_blank_text_is_dropped() -> None:
 
 
 SEGMENTS = [Segment(start=0.5, end=2.25, text="Ever tried."), Segment(start=3661.001, end=3662.5, text="Fail --> better.")]
+CUES = make_cues(SEGMENTS)
 
 
 def test_srt_uses_comma_milliseconds_and_numbers_cues() -> None:
     """SRT cues are numbered from 1 with HH:MM:SS,mmm times."""
-    assert render_srt(SEGMENTS) == (
+    assert render_srt(CUES) == (
         "1\n00:00:00,500 --> 00:00:02,250\nEver tried.\n\n2\n01:01:01,001 --> 01:01:02,500\nFail --> better.\n"
     )
 
 
 def test_vtt_has_a_header_and_no_cue_terminator_inside_text() -> None:
     """WebVTT starts with WEBVTT, uses dot milliseconds, and '-->' in text cannot end a cue."""
-    text = render_vtt(SEGMENTS)
+    text = render_vtt(CUES)
     assert text.startswith("WEBVTT\n\n00:00:00.500 --> 00:00:02.250\nEver tried.\n")
-    assert "01:01:01.001 --> 01:01:02.500\nFail -> better.\n" in text
+    assert "01:01:01.001 --> 01:01:02.500\nFail -&gt; better.\n" in text
+    assert "-->" not in text.split("\n")[-2]
 
 
-def test_txt_is_one_line_per_segment() -> None:
-    """The plain transcript has the text of each segment on its own line."""
-    assert render_txt(SEGMENTS) == "Ever tried.\nFail --> better.\n"
+def test_txt_is_paragraphs_opening_with_their_time() -> None:
+    """A pause of an hour starts a new paragraph; each opens with [hh:mm:ss]."""
+    assert render_txt(SEGMENTS) == "[00:00:00] Ever tried.\n\n[01:01:01] Fail --> better.\n"
 
 
 def test_write_outputs_publishes_four_files_and_no_temp_files(tmp_path: Path) -> None:

@@ -10,6 +10,7 @@ values raise `ConfigError` naming the key and where it came from.
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
 import os
 import re
@@ -67,7 +68,7 @@ class OpenAIConfig:
         "the API's base URL; POST {base_url}/audio/transcriptions", "https://api.openai.com/v1"
     )
     model: str = _key(
-        "the transcription model (whisper-1, gpt-4o-transcribe, gpt-4o-mini-transcribe...)",
+        "the transcription model (gpt-transcribe, whisper-1, gpt-4o-transcribe...)",
         "whisper-1",
     )
     api_key_file: Path | None = _key(
@@ -80,8 +81,18 @@ class OpenAIConfig:
     prompt: str | None = _key(
         "a glossary for the model: names and terms of the body holding the hearing", None
     )
+    # --- issue 9: model table keys (keywords/languages are checked against the model at start)
+    keywords: tuple[str, ...] | None = _key(
+        "words or phrases to guide transcription (gpt-transcribe): one line each, no < or >",
+        None,
+    )
+    languages: tuple[str, ...] | None = _key(
+        "the languages the audio may be in, ISO-639-1 (gpt-transcribe); not with openai.language",
+        None,
+    )
+    # --- end issue 9
     response_format: str = _key(
-        "verbose_json (timed segments), json (text only), or auto: json for gpt-4o models, else verbose_json",
+        "verbose_json (timed segments), json (text only), or auto: by the model table",
         "auto",
         choices=("auto", "verbose_json", "json"),
     )
@@ -96,13 +107,13 @@ class OpenAIConfig:
         "the server's request body limit (OpenAI: 26214400)", 26_214_400, min=1_000_000
     )
     piece_target_seconds: float | None = _key(
-        "aim for pieces of about this length; default: by model (120 s whisper-1, 30 s gpt-4o)",
+        "aim for pieces of about this length; default: by model (120 s)",
         None,
         min=5.0,
         max=1380.0,
     )
     piece_max_seconds: float | None = _key(
-        "never send a piece longer than this; default: by model (180 s whisper-1, 60 s gpt-4o)",
+        "never send a piece longer than this; default: by model (180 s)",
         None,
         min=10.0,
         max=1380.0,
@@ -143,8 +154,9 @@ class OpenAIConfig:
         min=0.0,
     )
     price_per_minute: float | None = _key(
-        "US dollars per audio minute; default: by model (whisper-1 0.006, gpt-4o-transcribe 0.006, "
-        "gpt-4o-mini-transcribe 0.003, other models 0)",
+        "US dollars per audio minute; default: by model (gpt-transcribe 0.0045, whisper-1 0.006, "
+        "gpt-4o-transcribe 0.006, gpt-4o-mini-transcribe 0.003); required for any other model "
+        "while max_cost_per_file is above 0",
         None,
         min=0.0,
     )
@@ -171,6 +183,7 @@ class NotifyConfig:
     command: tuple[str, ...] | None = _key(
         "a program and its arguments, run once per finished or failed job with the job's summary as JSON on stdin",
         None,
+        shell_words=True,
     )
     webhook_url: str | None = _key(
         "POST each finished or failed job's summary as JSON to this URL", None
@@ -184,6 +197,26 @@ class NotifyConfig:
 
 
 # ---- end issue 10 ----
+
+
+# --- issue 9: the [subtitles] section (its fields are subtitles.SubtitleRules's)
+@dataclass(frozen=True, slots=True, kw_only=True)
+class SubtitlesConfig:
+    """How .srt and .vtt cues are cut (the usual broadcast rules by default)."""
+
+    max_line_chars: int = _key("characters a subtitle line holds at most", 42, min=10, max=200)
+    max_lines: int = _key("lines a cue holds at most", 2, min=1, max=4)
+    max_cue_seconds: float = _key("seconds a cue is shown at most", 7.0, min=1.0, max=60.0)
+    min_cue_seconds: float = _key(
+        "seconds a cue is shown at least, unless the speech is shorter", 1.0, min=0.0, max=10.0
+    )
+    max_chars_per_second: float = _key(
+        "reading speed a cue keeps under where the speech allows", 20.0, min=5.0, max=100.0
+    )
+    pause_break_seconds: float = _key("a pause this long always ends a cue", 1.0, min=0.1, max=60.0)
+
+
+# --- end issue 9
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -264,6 +297,7 @@ class Config:
     openai: OpenAIConfig = field(default_factory=OpenAIConfig)
     web: WebConfig = field(default_factory=WebConfig)  # issue 10
     notify: NotifyConfig = field(default_factory=NotifyConfig)  # issue 10
+    subtitles: SubtitlesConfig = field(default_factory=SubtitlesConfig)  # issue 9
 
     @property
     def media_limits(self) -> MediaLimits:
@@ -286,6 +320,7 @@ SECTIONS: dict[str, type[Any]] = {
     "openai": OpenAIConfig,
     "web": WebConfig,  # issue 10
     "notify": NotifyConfig,  # issue 10
+    "subtitles": SubtitlesConfig,  # issue 9
 }
 
 
@@ -302,6 +337,7 @@ class KeySpec:
     choices: tuple[str, ...] | None
     min: float | None
     max: float | None
+    shell_words: bool = False  # a list given as one string is split as a shell would
 
     @property
     def dotted(self) -> str:
@@ -333,6 +369,7 @@ def _spec_for(section: str | None, f: dataclasses.Field[Any], hints: Mapping[str
         choices=f.metadata.get("choices"),
         min=f.metadata.get("min"),
         max=f.metadata.get("max"),
+        shell_words=bool(f.metadata.get("shell_words", False)),
     )
 
 
@@ -373,7 +410,7 @@ def _convert(spec: KeySpec, raw: Any, source: str) -> Any:
             if isinstance(raw, bool):
                 raise ValueError(raw)
             value = float(raw)
-        elif typing.get_origin(spec.type) is tuple:  # issue 10: an argv list
+        elif typing.get_origin(spec.type) is tuple and spec.shell_words:  # an argv list
             if isinstance(raw, str):
                 value = tuple(shlex.split(raw))
             elif isinstance(raw, list | tuple) and all(isinstance(item, str) for item in raw):
@@ -382,6 +419,8 @@ def _convert(spec: KeySpec, raw: Any, source: str) -> Any:
                 raise ValueError(raw)
             if not value:
                 raise ValueError(raw)
+        elif typing.get_origin(spec.type) is tuple:  # a list of text
+            value = _text_list(raw)
         elif spec.type is Path:
             if not isinstance(raw, str | Path):
                 raise ValueError(raw)
@@ -392,7 +431,7 @@ def _convert(spec: KeySpec, raw: Any, source: str) -> Any:
             value = raw
     except ValueError:
         kind = {bool: "true or false", int: "a whole number", float: "a number"}.get(
-            spec.type, "a list of words" if typing.get_origin(spec.type) is tuple else "text"
+            spec.type, "a list of text" if typing.get_origin(spec.type) is tuple else "text"
         )
         raise ConfigError(
             f"{where}: {shown(raw)} is not {kind}", hint=f"{spec.dotted}: {spec.help}"
@@ -429,6 +468,21 @@ def shown(value: Any) -> str:
     if looks_secret(text):
         return "the value given (not shown: it looks like a secret)"
     return repr(text[:80] + ("..." if len(text) > 80 else ""))
+
+
+def _text_list(raw: Any) -> tuple[str, ...]:
+    """A TOML array of strings; from the environment or a flag, a JSON array or a, b, c."""
+    if isinstance(raw, str):
+        if raw.lstrip().startswith("["):
+            try:
+                raw = json.loads(raw)
+            except ValueError:
+                raise ValueError(raw) from None
+        else:
+            raw = [part.strip() for part in raw.split(",") if part.strip()]
+    if not isinstance(raw, list | tuple) or not all(isinstance(item, str) for item in raw):
+        raise ValueError(raw)
+    return tuple(raw)
 
 
 def _flatten_toml(data: Mapping[str, Any], path: Path) -> dict[str, Any]:

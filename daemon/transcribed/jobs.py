@@ -17,6 +17,7 @@ means for the source.
 
 from __future__ import annotations
 
+import dataclasses
 import errno
 import os
 import shutil
@@ -48,6 +49,7 @@ from transcribed.outputs import write_outputs
 from transcribed.planning import SAMPLE_RATE, PieceLimits, PieceSpan
 from transcribed.progress import JobProgress, ProgressBoard
 from transcribed.retry import call_with_retries
+from transcribed.subtitles import SubtitleRules
 
 logger = structlog.get_logger()
 
@@ -130,7 +132,7 @@ class Job:
     source: Path
     output_dir: Path
     warnings: list[str] = field(default_factory=list)
-    claimed_seconds: float | None = None
+    info: ProbeResult | None = None  # what ffprobe said, once validated
     looks_cut_off: bool = False  # decoded well short of the header's claim
 
     @property
@@ -143,6 +145,11 @@ class Job:
 
     def update(self, **changes: object) -> None:
         self.board.update(self.progress, **changes)
+
+    @property
+    def track(self) -> int:
+        """The audio track transcribed: the default one (ffprobe's choice), else the first."""
+        return self.info.chosen_track if self.info is not None else 0
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -242,10 +249,11 @@ async def validate(job: Job) -> ProbeResult:
         codec=info.audio_codec,
         claimed_seconds=info.claimed_duration,
     )
+    job.info = info
+    job.warnings.extend(w for w in [info.track_warning()] if w)
     claimed = info.claimed_duration
     if claimed is not None and 0 < claimed <= job.config.max_audio_seconds:
         # only an estimate for progress: the decoded sample count is what counts
-        job.claimed_seconds = claimed
         job.update(audio_seconds_total=claimed)
     return info
 
@@ -266,7 +274,7 @@ async def check_cost(job: Job) -> None:
         return
     samples = 0
     try:
-        async with job.services.decoder.open_pcm(job.source) as blocks:
+        async with job.services.decoder.open_pcm(job.source, audio_track=job.track) as blocks:
             async for block in blocks:
                 samples += len(block)
     except DecodeError as exc:
@@ -332,7 +340,7 @@ class PieceScheduler:
         job.update(state="transcribing", transcribing_since=trio.current_time())
         failpoint("job.transcribing")
         try:
-            async with job.services.decoder.open_pcm(job.source) as blocks:
+            async with job.services.decoder.open_pcm(job.source, audio_track=job.track) as blocks:
                 async for block in blocks:
                     for piece in cutter.feed(block):
                         await self._take(piece, nursery)
@@ -479,13 +487,15 @@ def merge(job: Job, scheduler: PieceScheduler) -> list[Segment]:
     job.update(state="merging", pieces_total=len(scheduler.results))
     segments = merge_pieces((span, result.segments) for span, result in scheduler.results.values())
     seconds = scheduler.samples / SAMPLE_RATE
-    claimed = job.claimed_seconds
+    claimed = job.info.claimed_duration if job.info is not None else None
     if claimed is not None and seconds < claimed * (1 - SHORTFALL_WARNING) - 1.0:
         job.looks_cut_off = True
         job.warnings.append(
             f"only {seconds:.1f} s of audio decoded, but the file's header claims {claimed:.1f} s: "
             "the recording may be cut off (an upload or copy that did not finish?)"
         )
+    elif job.info is not None:
+        job.warnings.extend(w for w in [job.info.length_warning(seconds)] if w)
     if not segments:
         job.warnings.append(
             "no speech was found in the recording (a dead microphone, or only room tone?)"
@@ -513,8 +523,9 @@ async def publish(job: Job, segments: list[Segment], seconds: float) -> list[Pat
     }
     await wait_for_disk(job)
     try:
+        rules = SubtitleRules(**dataclasses.asdict(job.config.subtitles))
         return await trio.to_thread.run_sync(
-            write_outputs, job.output_dir, job.record.stem, segments, metadata
+            write_outputs, job.output_dir, job.record.stem, segments, metadata, rules
         )
     except OSError as exc:
         raise folder_fault(exc, f"write the transcript into {job.output_dir}") from exc

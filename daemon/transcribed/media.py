@@ -17,7 +17,7 @@ from collections.abc import AsyncIterator
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 import numpy as np
 import structlog
@@ -108,8 +108,10 @@ class Decoder(Protocol):
         """What the file claims to be; RejectedFileError if it is not a recording with audio."""
         ...
 
-    def open_pcm(self, path: Path) -> AbstractAsyncContextManager[AsyncIterator[np.ndarray]]:
-        """The audio as 16 kHz mono int16 blocks, as they decode (see open_pcm_stream)."""
+    def open_pcm(
+        self, path: Path, *, audio_track: int = 0
+    ) -> AbstractAsyncContextManager[AsyncIterator[np.ndarray]]:
+        """One audio track as 16 kHz mono int16 blocks, as they decode (see open_pcm_stream)."""
         ...
 
 
@@ -125,10 +127,32 @@ class FfmpegDecoder:
     async def probe(self, path: Path) -> ProbeResult:
         return await probe(path, timeout=self.probe_timeout, limits=self.limits)
 
-    def open_pcm(self, path: Path) -> AbstractAsyncContextManager[AsyncIterator[np.ndarray]]:
+    def open_pcm(
+        self, path: Path, *, audio_track: int = 0
+    ) -> AbstractAsyncContextManager[AsyncIterator[np.ndarray]]:
         return open_pcm_stream(
-            path, max_seconds=self.max_seconds, stall_timeout=self.stall_timeout, limits=self.limits
+            path,
+            max_seconds=self.max_seconds,
+            stall_timeout=self.stall_timeout,
+            limits=self.limits,
+            audio_track=audio_track,
         )
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class AudioTrack:
+    """One audio stream as ffprobe lists it; `number` counts audio streams only (0:a:N)."""
+
+    number: int
+    codec: str | None
+    default: bool = False
+    language: str | None = None
+    title: str | None = None
+    start_seconds: float = 0.0  # after the file's start (a video's audio may begin later)
+
+    def describe(self) -> str:
+        details = [d for d in (self.title, self.language, "default" if self.default else None) if d]
+        return f"track {self.number + 1}" + (f" ({', '.join(details)})" if details else "")
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -139,6 +163,34 @@ class ProbeResult:
     claimed_duration: float | None
     audio_streams: int
     audio_codec: str | None
+    audio_tracks: tuple[AudioTrack, ...] = ()
+
+    @property
+    def chosen_track(self) -> int:
+        """The audio track to transcribe: the one marked default, else the first."""
+        return next((t.number for t in self.audio_tracks if t.default), 0)
+
+    def track_warning(self) -> str | None:
+        """When there was a choice of audio tracks, which one was taken."""
+        if len(self.audio_tracks) < 2:
+            return None
+        chosen = self.audio_tracks[self.chosen_track]
+        why = "it is marked default" if chosen.default else "none is marked default"
+        return (
+            f"the recording has {len(self.audio_tracks)} audio tracks; {chosen.describe()} was "
+            f"transcribed because {why}"
+        )
+
+    def length_warning(self, decoded_seconds: float) -> str | None:
+        """When the container's duration and the decoded audio disagree (a gap in the
+        timestamps, a damaged index, a header that lies); times follow the audio's timestamps."""
+        claimed = self.claimed_duration
+        if claimed is None or abs(decoded_seconds - claimed) <= max(1.0, 0.01 * claimed):
+            return None
+        return (
+            f"the file says it lasts {claimed:.1f} s but its audio runs {decoded_seconds:.1f} s on "
+            "its own timeline; the transcript's times follow the audio's timestamps"
+        )
 
 
 async def probe(path: Path, *, timeout: float, limits: MediaLimits = MediaLimits()) -> ProbeResult:  # noqa: ASYNC109 - a slow probe is the file's fault, reported as such
@@ -203,6 +255,30 @@ async def probe(path: Path, *, timeout: float, limits: MediaLimits = MediaLimits
         claimed_duration=claimed,
         audio_streams=len(streams),
         audio_codec=streams[0].get("codec_name"),
+        audio_tracks=tuple(
+            _audio_track(number, stream, _seconds(fmt.get("start_time")))
+            for number, stream in enumerate(streams)
+        ),
+    )
+
+
+def _seconds(value: object) -> float:
+    try:
+        number = float(value)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        return 0.0
+    return number if math.isfinite(number) else 0.0
+
+
+def _audio_track(number: int, stream: dict[str, Any], file_start: float) -> AudioTrack:
+    tags = stream.get("tags") or {}
+    return AudioTrack(
+        number=number,
+        codec=stream.get("codec_name"),
+        default=bool((stream.get("disposition") or {}).get("default")),
+        language=tags.get("language") if tags.get("language") not in (None, "und") else None,
+        title=tags.get("title"),
+        start_seconds=max(0.0, _seconds(stream.get("start_time")) - file_start),
     )
 
 
@@ -216,9 +292,20 @@ class DecodeError(JobError):
 
 @asynccontextmanager
 async def open_pcm_stream(
-    path: Path, *, max_seconds: float, stall_timeout: float, limits: MediaLimits = MediaLimits()
+    path: Path,
+    *,
+    max_seconds: float,
+    stall_timeout: float,
+    limits: MediaLimits = MediaLimits(),
+    audio_track: int = 0,
 ) -> AsyncIterator[AsyncIterator[np.ndarray]]:
-    """Decode the first audio track to 16 kHz mono int16, yielded as arrays as ffmpeg makes them.
+    """Decode an audio track (0:a:N) to 16 kHz mono int16, yielded as arrays as ffmpeg makes them.
+
+    Samples follow the recording's own timeline: `aresample=async=1:first_pts=0` pads with
+    silence when the audio starts after the file does (a video whose sound begins 4.9 s in) and
+    fills gaps in the timestamps (an mkv with a 600 s hole), so sample N is at N/16000 s of the
+    recording. Files with continuous timestamps decode bit-identical to before (measured on
+    wav, mp3, m4a, ogg/opus).
 
     The decoder stops on its own after `max_seconds` of audio (one more second is decoded so the
     caller can tell "exactly at the limit" from "over it"). When the iteration ends normally
@@ -235,10 +322,12 @@ async def open_pcm_stream(
         "1",
         *_input_args(path),
         "-map",
-        "0:a:0",
+        f"0:a:{audio_track}",
         "-vn",
         "-sn",
         "-dn",
+        "-af",
+        "aresample=async=1:first_pts=0",
         "-ac",
         "1",
         "-ar",

@@ -1,16 +1,31 @@
-"""Transcript writers (txt, srt, vtt, json), each file published atomically in the outbox."""
+"""Transcript writers (txt, srt, vtt, json), each file published atomically in the outbox.
+
+.srt and .vtt show the same cues (subtitles.make_cues); .json keeps the full segments (with word
+times and speakers where there are any); .txt is paragraphs for reading, each opening with its
+time `[hh:mm:ss]` (and the speaker, when one is known).
+"""
 
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from transcribed.atomic import atomic_write_text
 from transcribed.engines.base import Segment
 from transcribed.failpoints import failpoint
+from transcribed.subtitles import Cue, SubtitleRules, TimedWord, make_cues, timed_words
 
 OUTPUT_SUFFIXES = (".txt", ".srt", ".vtt", ".json")
+NO_SPEECH_WARNING = (
+    "no speech was found in this recording: check the microphone, the recording's level, "
+    "or the audio track"
+)
+# a new paragraph starts after a pause this long, or after this many words at a sentence end
+PARAGRAPH_PAUSE_SECONDS = 2.0
+PARAGRAPH_WORDS = 80
+_SENTENCE_END = (".", "?", "!", "…", '."', '?"', '!"')
 
 
 def _clock(seconds: float, separator: str) -> str:
@@ -21,28 +36,74 @@ def _clock(seconds: float, separator: str) -> str:
     return f"{hours:02d}:{minutes:02d}:{secs:02d}{separator}{millis:03d}"
 
 
-def render_txt(segments: list[Segment]) -> str:
-    return "".join(f"{segment.text}\n" for segment in segments)
+def _stamp(seconds: float) -> str:
+    whole = max(0, int(seconds))
+    return f"[{whole // 3600:02d}:{whole // 60 % 60:02d}:{whole % 60:02d}]"
 
 
-def render_srt(segments: list[Segment]) -> str:
-    blocks = [
-        f"{number}\n{_clock(s.start, ',')} --> {_clock(s.end, ',')}\n{s.text}\n"
-        for number, s in enumerate(segments, start=1)
-    ]
+def paragraphs(segments: Sequence[Segment]) -> list[list[TimedWord]]:
+    """Words grouped into paragraphs: a new one at a speaker change, after a long pause, or
+    after about PARAGRAPH_WORDS words once a sentence ends (twice that at any clause end)."""
+    groups: list[list[TimedWord]] = []
+    for word in timed_words(segments):
+        if groups:
+            current = groups[-1]
+            last = current[-1]
+            sentence_done = last.text.endswith(_SENTENCE_END)
+            new = (
+                word.speaker != last.speaker
+                or word.start - last.end >= PARAGRAPH_PAUSE_SECONDS
+                or (len(current) >= PARAGRAPH_WORDS and sentence_done)
+                or (len(current) >= 2 * PARAGRAPH_WORDS and last.text.endswith((",", ";", ":")))
+            )
+            if not new:
+                current.append(word)
+                continue
+        groups.append([word])
+    return groups
+
+
+def render_txt(segments: Sequence[Segment]) -> str:
+    blocks = []
+    for words in paragraphs(segments):
+        speaker = f"{words[0].speaker}: " if words[0].speaker is not None else ""
+        blocks.append(f"{_stamp(words[0].start)} {speaker}{' '.join(w.text for w in words)}\n")
     return "\n".join(blocks)
 
 
-def render_vtt(segments: list[Segment]) -> str:
-    # "-->" inside cue text would end the cue early; WebVTT has no escape for it.
-    blocks = [
-        f"{_clock(s.start, '.')} --> {_clock(s.end, '.')}\n{s.text.replace('-->', '->')}\n"
-        for s in segments
-    ]
+def render_srt(cues: Sequence[Cue]) -> str:
+    blocks = []
+    for number, cue in enumerate(cues, start=1):
+        lines = list(cue.lines)
+        if cue.new_speaker and cue.speaker is not None:
+            lines[0] = f"{cue.speaker}: {lines[0]}"
+        text = "\n".join(lines)
+        blocks.append(f"{number}\n{_clock(cue.start, ',')} --> {_clock(cue.end, ',')}\n{text}\n")
+    return "\n".join(blocks)
+
+
+def _vtt_escape(text: str) -> str:
+    # "-->" would end the cue early (WebVTT has no escape for it); & and < start markup
+    return (
+        text.replace("&", "&amp;")
+        .replace("<", "&lt;")
+        .replace(">", "&gt;")
+        .replace("--&gt;", "-&gt;")
+    )
+
+
+def render_vtt(cues: Sequence[Cue]) -> str:
+    blocks = []
+    for cue in cues:
+        text = "\n".join(_vtt_escape(line) for line in cue.lines)
+        if cue.speaker is not None:
+            name = cue.speaker.replace(">", "").replace("\n", " ")
+            text = f"<v {name}>{text}</v>"
+        blocks.append(f"{_clock(cue.start, '.')} --> {_clock(cue.end, '.')}\n{text}\n")
     return "WEBVTT\n\n" + "\n".join(blocks)
 
 
-def render_json(segments: list[Segment], metadata: dict[str, Any]) -> str:
+def render_json(segments: Sequence[Segment], metadata: dict[str, Any]) -> str:
     document = {
         **metadata,
         "text": " ".join(s.text for s in segments),
@@ -56,15 +117,25 @@ def output_paths(folder: Path, stem: str) -> dict[str, Path]:
 
 
 def write_outputs(
-    folder: Path, stem: str, segments: list[Segment], metadata: dict[str, Any]
+    folder: Path,
+    stem: str,
+    segments: list[Segment],
+    metadata: dict[str, Any],
+    rules: SubtitleRules | None = None,
 ) -> list[Path]:
-    """Write all four transcripts; the .json goes last, so its presence means all are there."""
+    """Write all four transcripts; the .json goes last, so its presence means all are there.
+    A transcript without any speech says so in the .json's warnings."""
+    if not any(s.text.strip() for s in segments):
+        warnings = list(metadata.get("warnings") or [])
+        if NO_SPEECH_WARNING not in warnings:
+            metadata = {**metadata, "warnings": [*warnings, NO_SPEECH_WARNING]}
+    cues = make_cues(segments, rules)
     paths = output_paths(folder, stem)
     atomic_write_text(paths[".txt"], render_txt(segments))
     failpoint("outputs.txt_written")
-    atomic_write_text(paths[".srt"], render_srt(segments))
+    atomic_write_text(paths[".srt"], render_srt(cues))
     failpoint("outputs.srt_written")
-    atomic_write_text(paths[".vtt"], render_vtt(segments))
+    atomic_write_text(paths[".vtt"], render_vtt(cues))
     failpoint("outputs.vtt_written")
     atomic_write_text(paths[".json"], render_json(segments, metadata))
     failpoint("outputs.json_written")

@@ -15,23 +15,67 @@ from transcribed.retry import RetryPolicy
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
-class Segment:
-    """A stretch of speech with its text; times in seconds from the start of the piece (or,
-    after merging, of the recording)."""
+class Word:
+    """One word with its own times, where the engine gives them (seconds, like Segment)."""
 
     start: float
     end: float
     text: str
 
-    def shifted(self, offset: float) -> Segment:
-        return Segment(start=self.start + offset, end=self.end + offset, text=self.text)
+    def shifted(self, offset: float) -> Word:
+        return Word(start=self.start + offset, end=self.end + offset, text=self.text)
 
     def as_dict(self) -> dict[str, Any]:
         return {"start": round(self.start, 3), "end": round(self.end, 3), "text": self.text}
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> Segment:
+    def from_dict(cls, data: dict[str, Any]) -> Word:
         return cls(start=float(data["start"]), end=float(data["end"]), text=str(data["text"]))
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Segment:
+    """A stretch of speech with its text; times in seconds from the start of the piece (or,
+    after merging, of the recording). `words` are the engine's word times, when it gives them;
+    `speaker` is a diarization label, when one ran."""
+
+    start: float
+    end: float
+    text: str
+    words: tuple[Word, ...] = ()
+    speaker: str | None = None
+
+    def shifted(self, offset: float) -> Segment:
+        return Segment(
+            start=self.start + offset,
+            end=self.end + offset,
+            text=self.text,
+            words=tuple(w.shifted(offset) for w in self.words),
+            speaker=self.speaker,
+        )
+
+    def as_dict(self) -> dict[str, Any]:
+        data: dict[str, Any] = {
+            "start": round(self.start, 3),
+            "end": round(self.end, 3),
+            "text": self.text,
+        }
+        if self.speaker is not None:
+            data["speaker"] = self.speaker
+        if self.words:
+            data["words"] = [w.as_dict() for w in self.words]
+        return data
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Segment:
+        speaker = data.get("speaker")
+        return cls(
+            start=float(data["start"]),
+            end=float(data["end"]),
+            text=str(data["text"]),
+            words=tuple(Word.from_dict(w) for w in data.get("words") or ()),
+            speaker=None if speaker is None else str(speaker),
+        )
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

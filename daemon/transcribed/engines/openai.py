@@ -38,7 +38,8 @@ import trio
 
 from transcribed import metrics
 from transcribed.config import OpenAIConfig, shown
-from transcribed.engines.base import EngineTraits, PieceResult, Segment
+from transcribed.engines.base import EngineTraits, PieceResult, Segment, Word
+from transcribed.engines.models import ModelSpec, check_options, model_spec
 from transcribed.errors import (
     ConfigError,
     EngineError,
@@ -52,6 +53,7 @@ from transcribed.errors import (
 from transcribed.media import child_environment
 from transcribed.planning import SAMPLE_RATE, PieceLimits
 from transcribed.retry import RetryPolicy
+from transcribed.timing import time_text
 
 logger = structlog.get_logger()
 
@@ -62,54 +64,7 @@ CREDENTIAL_NAME = "openai_api_key"
 DEFAULT_BASE_URL = "https://api.openai.com/v1"
 
 
-# ---------------------------------------------------------------- models and upload formats
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class ModelProfile:
-    """What a model can do and how its pieces are planned."""
-
-    timestamps: bool  # answers verbose_json with timed segments
-    max_audio_seconds: float | None  # the server refuses longer audio
-    price_per_minute: float  # US dollars, today's list price
-    piece_target_seconds: float
-    piece_max_seconds: float
-
-
-_TEXT_ONLY = {
-    "timestamps": False,
-    "max_audio_seconds": 1400.0,
-    "piece_target_seconds": 30.0,
-    "piece_max_seconds": 60.0,
-}
-MODEL_PROFILES: dict[str, ModelProfile] = {
-    "whisper-1": ModelProfile(
-        timestamps=True,
-        max_audio_seconds=None,
-        price_per_minute=0.006,
-        piece_target_seconds=120.0,
-        piece_max_seconds=180.0,
-    ),
-    "gpt-4o-transcribe": ModelProfile(price_per_minute=0.006, **_TEXT_ONLY),  # type: ignore[arg-type]
-    "gpt-4o-mini-transcribe": ModelProfile(price_per_minute=0.003, **_TEXT_ONLY),  # type: ignore[arg-type]
-    "gpt-4o-mini-transcribe-2025-12-15": ModelProfile(price_per_minute=0.003, **_TEXT_ONLY),  # type: ignore[arg-type]
-}
-# Any other model (a compatible server's whisper, a new snapshot): timed segments, no price.
-_OTHER_MODEL = ModelProfile(
-    timestamps=True,
-    max_audio_seconds=None,
-    price_per_minute=0.0,
-    piece_target_seconds=120.0,
-    piece_max_seconds=180.0,
-)
-
-
-def model_profile(model: str) -> ModelProfile:
-    if model in MODEL_PROFILES:
-        return MODEL_PROFILES[model]
-    if model.startswith(("gpt-4o-transcribe", "gpt-4o-mini-transcribe")):
-        return MODEL_PROFILES["gpt-4o-mini-transcribe" if "mini" in model else "gpt-4o-transcribe"]
-    return _OTHER_MODEL
+# ---------------------------------------------------------------- upload formats
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -120,6 +75,8 @@ class UploadFormat:
     mime: str
     ffmpeg_args: tuple[str, ...]
     bytes_per_second: float
+    # the muxer must seek back to write a header (mp3's LAME/Info with the encoder delay)
+    seekable_output: bool = False
 
 
 def upload_format(name: str, bitrate: int = 32) -> UploadFormat:
@@ -139,6 +96,7 @@ def upload_format(name: str, bitrate: int = 32) -> UploadFormat:
                 "mp3",
             ),
             bytes_per_second=bitrate * 1000 / 8 * 1.02,
+            seekable_output=True,
         )
     if name == "flac":
         # 16 kHz mono speech compresses to ~18 KB/s; noise can take it close to raw PCM
@@ -159,26 +117,40 @@ def upload_format(name: str, bitrate: int = 32) -> UploadFormat:
 
 
 async def encode_piece(audio: np.ndarray, fmt: UploadFormat, *, timeout: float = 120.0) -> bytes:  # noqa: ASYNC109 - a stuck encoder is this function's own failure to report
-    """16 kHz mono int16 samples → the upload's bytes, through an ffmpeg pipe (no files)."""
+    """16 kHz mono int16 samples → the upload's bytes, through ffmpeg (no files on disk).
+
+    An mp3 is written to a seekable in-memory file (memfd), not a pipe: only then can the muxer
+    go back and write the LAME/Info header that tells a decoder to drop the encoder's 1105
+    priming samples. Through a pipe the header is missing and the server hears every piece
+    69 ms late (measured; see bench/timing.py). Other formats have no priming to declare.
+    """
+    memory = os.memfd_create("piece", os.MFD_CLOEXEC) if fmt.seekable_output else None
+    output = f"/dev/fd/{memory}" if memory is not None else "pipe:1"
     command = [
-        "ffmpeg", "-nostdin", "-hide_banner", "-loglevel", "error", "-threads", "1",
+        "ffmpeg", "-nostdin", "-hide_banner", "-loglevel", "error", "-threads", "1", "-y",
         "-f", "s16le", "-ar", str(SAMPLE_RATE), "-ac", "1", "-i", "pipe:0",
         "-map_metadata", "-1", "-fflags", "+bitexact", "-flags:a", "+bitexact",
-        *fmt.ffmpeg_args, "pipe:1",
+        *fmt.ffmpeg_args, output,
     ]  # fmt: skip
     payload = np.ascontiguousarray(audio, dtype="<i2").tobytes()
     try:
         with trio.fail_after(timeout):
             result = await trio.run_process(
                 command, stdin=payload, capture_stdout=True, capture_stderr=True, check=False,
-                env=child_environment(),
+                env=child_environment(), pass_fds=() if memory is None else (memory,),
             )  # fmt: skip
+        if result.returncode != 0:
+            detail = result.stderr.decode("utf-8", "replace").strip()[-300:]
+            raise PermanentError(f"ffmpeg could not encode a piece for upload: {detail}")
+        if memory is None:
+            return bytes(result.stdout)
+        size = os.fstat(memory).st_size
+        return os.pread(memory, size, 0)
     except trio.TooSlowError:
         raise RetryableError("encoding a piece for upload took too long") from None
-    if result.returncode != 0:
-        detail = result.stderr.decode("utf-8", "replace").strip()[-300:]
-        raise PermanentError(f"ffmpeg could not encode a piece for upload: {detail}")
-    return bytes(result.stdout)
+    finally:
+        if memory is not None:
+            os.close(memory)
 
 
 # ---------------------------------------------------------------- the API key
@@ -262,6 +234,7 @@ class ErrorBody:
     message: str
     type: str | None = None
     code: str | None = None
+    param: str | None = None
 
 
 def parse_error_body(body: bytes) -> ErrorBody:
@@ -279,6 +252,7 @@ def parse_error_body(body: bytes) -> ErrorBody:
                 message=_plain(str(error.get("message") or error.get("detail") or "")),
                 type=str(error["type"]) if error.get("type") else None,
                 code=str(code) if code not in (None, "") else None,
+                param=str(error["param"]) if error.get("param") else None,
             )
         if isinstance(error, str):
             return ErrorBody(message=_plain(error))
@@ -425,7 +399,8 @@ def _tls_detail(exc: BaseException) -> str:
 
 
 def parse_answer(body: bytes, *, timestamps: bool, seconds: float) -> list[Segment]:
-    """Segments from a 200 answer; text-only answers become one segment spanning the piece."""
+    """Segments from a 200 answer (with the words' times where the server gave them);
+    text-only answers become one segment spanning the piece."""
     try:
         data = json.loads(body)
     except ValueError:
@@ -441,17 +416,36 @@ def parse_answer(body: bytes, *, timestamps: bool, seconds: float) -> list[Segme
             except (KeyError, TypeError, ValueError):
                 raise RetryableError("the server's answer had a malformed segment") from None
             inside = [w for w in words if start <= _word_time(w) < end]
-            if inside:  # word times are tighter than Whisper's segment bounds
-                start, end = float(inside[0]["start"]), float(inside[-1]["end"])
+            timed = tuple(_words(inside, seconds))
+            if timed:  # word times are tighter than Whisper's segment bounds
+                start, end = timed[0].start, timed[-1].end
             if text.strip():
                 segments.append(
                     Segment(
-                        start=max(0.0, start), end=min(seconds, max(start, end)), text=text.strip()
+                        start=max(0.0, start),
+                        end=min(seconds, max(start, end)),
+                        text=text.strip(),
+                        words=timed,
                     )
                 )
         return segments
     text = str(data.get("text", "")).strip()
     return [Segment(start=0.0, end=seconds, text=text)] if text else []
+
+
+def _words(items: list[dict[str, Any]], seconds: float) -> list[Word]:
+    """OpenAI's {"word", "start", "end"} (LocalAI spells "text"), clipped to the piece."""
+    words = []
+    for item in items:
+        try:
+            start, end = float(item["start"]), float(item["end"])
+        except (KeyError, TypeError, ValueError):
+            continue
+        text = str(item.get("word", item.get("text", ""))).strip()
+        if text:
+            start = min(max(0.0, start), seconds)
+            words.append(Word(start=start, end=min(seconds, max(start, end)), text=text))
+    return words
 
 
 def _word_time(word: dict[str, Any]) -> float:
@@ -471,17 +465,18 @@ class OpenAIEngine:
         self, config: OpenAIConfig, client: httpx.AsyncClient, *, api_key: str | None
     ) -> None:
         self.config = config
-        self.profile = model_profile(config.model)
+        self.spec: ModelSpec = model_spec(config.model, config.base_url)
+        check_options(self.spec, config)
         self.response_format = (
             config.response_format
             if config.response_format != "auto"
-            else ("verbose_json" if self.profile.timestamps else "json")
+            else self.spec.response_format
         )
         self.format = upload_format(config.upload_format, config.upload_bitrate)
         self.traits = EngineTraits(
             name="openai",
             model=config.model,
-            limits=piece_limits(config, self.profile, self.format),
+            limits=piece_limits(config, self.spec, self.format),
             capacity=config.max_concurrent_requests,
             retry=RetryPolicy(
                 max_attempts=config.max_attempts,
@@ -494,7 +489,7 @@ class OpenAIEngine:
             price_per_minute=(
                 config.price_per_minute
                 if config.price_per_minute is not None
-                else self.profile.price_per_minute
+                else self.spec.price_per_minute or 0.0
             ),
             timestamps=self.response_format == "verbose_json",
         )
@@ -508,8 +503,12 @@ class OpenAIEngine:
             "response_format": self.response_format,
             "temperature": "0",
         }
-        if self.config.language:
+        if self.config.language and not self.config.languages:
             fields["language"] = self.config.language
+        if self.config.languages:
+            fields["languages[]"] = list(self.config.languages)
+        if self.config.keywords:
+            fields["keywords[]"] = list(self.config.keywords)
         if self.config.prompt:
             fields["prompt"] = self.config.prompt
         if self.response_format == "verbose_json" and self.config.word_timestamps:
@@ -525,23 +524,45 @@ class OpenAIEngine:
                 hint="lower openai.upload_bitrate or openai.piece_max_seconds",
             )
         files = {"file": (f"piece.{self.format.suffix}", data, self.format.mime)}
+        response = await self._post(files)
+        if response.status_code == 400 and self._refuses_verbose(response):
+            # a compatible server's model without timestamps: ask json from now on
+            self.response_format = "json"
+            logger.warning("engine.verbose_json_refused", model=self.config.model, now="json")
+            response = await self._post(files)
+        if response.status_code >= 400 or response.status_code < 200:
+            raise classify_response(
+                response.status_code, response.headers, response.content, secret=self._secret
+            )
+        timed = self.response_format == "verbose_json"  # (a fallback may have changed it)
+        segments = parse_answer(response.content, timestamps=timed, seconds=seconds)
+        if not timed:  # text only: the daemon times it at the pauses it hears in the piece
+            # ~0.5 s of CPU for a 120 s piece: off the event loop
+            text = " ".join(s.text for s in segments)
+            segments = await trio.to_thread.run_sync(time_text, text, audio)
+        return PieceResult(segments=segments, cost=self.traits.cost(seconds))
+
+    async def _post(self, files: dict[str, tuple[str, bytes, str]]) -> httpx.Response:
         try:
             with trio.fail_after(self.config.request_timeout):
                 response = await self._client.post(
                     "audio/transcriptions", data=self.form_fields(), files=files
                 )
         except (httpx.TransportError, trio.TooSlowError) as exc:
-            metrics.count_request(exc)  # issue 10
+            metrics.count_request(exc)
             raise classify_transport_error(exc) from exc
-        metrics.count_request(response.status_code)  # issue 10
-        if response.status_code >= 400 or response.status_code < 200:
-            raise classify_response(
-                response.status_code, response.headers, response.content, secret=self._secret
-            )
-        segments = parse_answer(
-            response.content, timestamps=self.traits.timestamps, seconds=seconds
-        )
-        return PieceResult(segments=segments, cost=self.traits.cost(seconds))
+        metrics.count_request(response.status_code)
+        return response
+
+    def _refuses_verbose(self, response: httpx.Response) -> bool:
+        """A 400 that refuses verbose_json, from a model the table does not know (once)."""
+        if not self.spec.may_refuse_verbose or self.response_format != "verbose_json":
+            return False
+        if self.config.response_format != "auto":
+            return False
+        error = parse_error_body(response.content)
+        said = f"{error.param or ''} {error.message}".lower()
+        return "response_format" in said or "verbose_json" in said
 
 
 # ---------------------------------------------------------------- retirement
@@ -609,7 +630,7 @@ async def _warn_daily(model: str, shutdown: datetime, now: Callable[[], datetime
             check_retirement(model, shutdown, now=now())
 
 
-def piece_limits(config: OpenAIConfig, profile: ModelProfile, fmt: UploadFormat) -> PieceLimits:
+def piece_limits(config: OpenAIConfig, profile: ModelSpec, fmt: UploadFormat) -> PieceLimits:
     """Pieces short enough for the model's duration cap and the server's upload limit."""
     maximum = config.piece_max_seconds or profile.piece_max_seconds
     target = config.piece_target_seconds or min(profile.piece_target_seconds, maximum)

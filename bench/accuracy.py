@@ -58,6 +58,7 @@ from textnorm import normalise, wer  # noqa: E402
 
 from transcribed.config import EmbeddedConfig  # noqa: E402
 from transcribed.engines.embedded import open_embedded_engine  # noqa: E402
+from transcribed.engines.base import transcribe_audio  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
 TRANSCRIBED = REPO / ".venv/bin/transcribed"
@@ -225,7 +226,7 @@ async def _engine_on_cuts(jobs: list[list[tuple[int, np.ndarray]]]) -> list[list
         results: list[list[list[Seg]]] = [[[] for _ in cuts] for cuts in jobs]
 
         async def one(j: int, k: int, lo: int, samples: np.ndarray) -> None:
-            piece = await engine.transcribe(samples)
+            piece = await transcribe_audio(engine, samples)
             results[j][k] = [Seg(s.start + lo / SR, s.end + lo / SR, s.text) for s in piece.segments]
 
         async with trio.open_nursery() as nursery:

@@ -330,6 +330,7 @@ def _verify() -> int:
 
     from transcribed.config import EmbeddedConfig  # noqa: PLC0415
     from transcribed.engines.embedded import open_embedded_engine  # noqa: PLC0415
+    from transcribed.engines.base import transcribe_audio  # noqa: PLC0415
 
     bad = 0
     print("boundary check: loudest 50 ms within 60 ms outside each utterance (should be quiet)")
@@ -354,7 +355,7 @@ def _verify() -> int:
 
             async def one(k: int, clip: Clip) -> None:
                 pcm = np.clip(np.round(clip.audio * 32768), -32768, 32767).astype(np.int16)
-                r = await engine.transcribe(pcm)
+                r = await transcribe_audio(engine, pcm)
                 results[k] = " ".join(s.text for s in r.segments)
 
             async with trio.open_nursery() as nursery:

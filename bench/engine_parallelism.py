@@ -306,6 +306,7 @@ def child_main(config: str, pieces_path: Path, out_path: Path) -> None:
     else:
         from transcribed.config import EmbeddedConfig
         from transcribed.engines.embedded import open_embedded_engine
+        from transcribed.engines.base import transcribe_audio
 
         async def pooled() -> None:
             async with open_embedded_engine(EmbeddedConfig(workers=int(config[1:]))) as engine:
@@ -315,7 +316,7 @@ def child_main(config: str, pieces_path: Path, out_path: Path) -> None:
                 )
 
                 async def run(piece: np.ndarray) -> Any:
-                    piece_result = await engine.transcribe(piece)
+                    piece_result = await transcribe_audio(engine, piece)
                     return [[s.start, s.end, s.text] for s in piece_result.segments]
 
                 before, started = tree_stat(me), time.perf_counter()

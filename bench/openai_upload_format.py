@@ -39,6 +39,7 @@ from textnorm import wer  # noqa: E402
 from transcribed.config import EmbeddedConfig  # noqa: E402
 from transcribed.cutting import PieceCutter  # noqa: E402
 from transcribed.engines.embedded import open_embedded_engine  # noqa: E402
+from transcribed.engines.base import transcribe_audio  # noqa: E402
 from transcribed.engines.openai import OPENAI_UPLOAD_LIMIT, UploadFormat, encode_piece, upload_format  # noqa: E402
 from transcribed.planning import SAMPLE_RATE, PieceLimits  # noqa: E402
 
@@ -81,7 +82,7 @@ async def measure(seconds: float) -> list[dict[str, object]]:
             texts: list[str] = [""] * len(pieces)
 
             async def one(index: int, audio: np.ndarray, texts: list[str] = texts) -> None:
-                result = await engine.transcribe(audio)
+                result = await transcribe_audio(engine, audio)
                 texts[index] = " ".join(s.text for s in result.segments)
 
             async with trio.open_nursery() as nursery:

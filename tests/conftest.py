@@ -18,7 +18,7 @@ import trio
 import trio.testing
 from transcribed.app import run_daemon
 from transcribed.config import Config, load_config
-from transcribed.engines.base import EngineTraits, PieceResult, Segment
+from transcribed.engines.base import EngineTraits, PieceResult, PreparedPiece, Segment
 from transcribed.errors import PermanentError, RejectedFileError, RetryableError
 from transcribed.media import ProbeResult
 from transcribed.planning import SAMPLE_RATE, PieceLimits
@@ -122,7 +122,12 @@ class FakeEngine:
         self.started_at: list[float] = []  # trio time of each call
         self.answered_at: list[float] = []
 
-    async def transcribe(self, audio: np.ndarray) -> PieceResult:
+    async def prepare(self, audio: np.ndarray) -> PreparedPiece:
+        return PreparedPiece(seconds=len(audio) / SAMPLE_RATE, audio=audio)
+
+    async def transcribe(self, piece: PreparedPiece) -> PieceResult:
+        assert piece.audio is not None
+        audio = piece.audio
         self.calls += 1
         call = self.calls
         self.started_at.append(trio.current_time())

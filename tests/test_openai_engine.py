@@ -18,6 +18,7 @@ import pytest
 import trio
 from conftest import BECKETT
 from transcribed.config import OpenAIConfig, load_config
+from transcribed.engines.base import transcribe_audio
 from transcribed.engines.openai import (
     OPENAI_UPLOAD_LIMIT,
     classify_response,
@@ -86,7 +87,7 @@ async def run_engine(config: OpenAIConfig, handler: Callable[[httpx.Request], ht
     with trio.fail_after(WAIT):
         async with open_openai_engine(config, api_key=api_key, transport=httpx.MockTransport(record)) as engine:
             try:
-                return await engine.transcribe(speech()), seen
+                return await transcribe_audio(engine, speech()), seen
             except Exception as error:
                 return error, seen
 

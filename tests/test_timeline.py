@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 
 from conftest import BECKETT, make_config, running, wait_for
-from transcribed.engines.base import EngineTraits, PieceResult, Segment
+from transcribed.engines.base import EngineTraits, PieceResult, PreparedPiece, Segment
 from transcribed.retry import RetryPolicy
 from transcribed.planning import PieceLimits
 from transcribed.timing import speech_runs
@@ -24,7 +24,12 @@ class WhereSpeechIs:
         limits=PieceLimits(target_seconds=30, max_seconds=45),
     )  # fmt: skip
 
-    async def transcribe(self, audio: np.ndarray) -> PieceResult:
+    async def prepare(self, audio: np.ndarray) -> PreparedPiece:
+        return PreparedPiece(seconds=len(audio) / 16000, audio=audio)
+
+    async def transcribe(self, piece: PreparedPiece) -> PieceResult:
+        assert piece.audio is not None
+        audio = piece.audio
         return PieceResult(
             segments=[Segment(start=r.start, end=r.end, text="speech") for r in speech_runs(audio)]
         )

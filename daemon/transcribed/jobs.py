@@ -25,14 +25,13 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
 import structlog
 import trio
 
 from transcribed import metrics
 from transcribed.config import Config
 from transcribed.cutting import Piece, PieceCutter
-from transcribed.engines.base import Engine, EngineTraits, PieceResult, Segment
+from transcribed.engines.base import Engine, EngineTraits, PieceResult, PreparedPiece, Segment
 from transcribed.errors import (
     JobInterrupted,
     RejectedFileError,
@@ -400,14 +399,18 @@ class PieceScheduler:
         )
 
     async def _transcribe(self, piece: Piece, scope: trio.CancelScope) -> None:
-        job = self.job
+        job, span = self.job, piece.span
         try:
+            # prepared once, before the gate: a retry never encodes again, and a request slot
+            # is never spent encoding; the samples go (unless the engine keeps them)
+            prepared = await job.services.engine.prepare(piece.audio)
+            del piece
             job.update(pieces_in_flight=job.progress.pieces_in_flight + 1)
             try:
-                result = await transcribe_with_retries(job, piece.index, piece.audio)
+                result = await transcribe_with_retries(job, span.index, prepared)
             finally:
                 job.update(pieces_in_flight=job.progress.pieces_in_flight - 1)
-            await self._finish(piece.span, result)
+            await self._finish(span, result)
         except _Abandoned:
             self._interrupted = True
         except Exception as exc:
@@ -441,16 +444,16 @@ class _Abandoned(Exception):
     start, not sent (only pieces already in flight finish)."""
 
 
-async def transcribe_with_retries(job: Job, index: int, audio: np.ndarray) -> PieceResult:
-    """One piece through the shared gate, retried as the engine's policy says, with every
-    retry and service wait shown in the job's progress. Raises _Abandoned when the daemon
+async def transcribe_with_retries(job: Job, index: int, piece: PreparedPiece) -> PieceResult:
+    """One prepared piece through the shared gate, retried as the engine's policy says, with
+    every retry and service wait shown in the job's progress. Raises _Abandoned when the daemon
     drains before an attempt starts."""
     services = job.services
 
     async def attempt() -> PieceResult:
         if services.draining.is_set():
             raise _Abandoned
-        return await services.engine.transcribe(audio)
+        return await services.engine.transcribe(piece)
 
     def on_retry(error: RetryableError, failures: int) -> None:
         job.update(retries=job.progress.retries + 1, last_error=error.reason)

@@ -105,12 +105,35 @@ class EngineTraits:
         return self.price_per_minute * seconds / 60.0
 
 
+@dataclass(frozen=True, slots=True, kw_only=True)
+class PreparedPiece:
+    """A piece made ready for its engine once (an upload encoded, say), outside the gate's slot,
+    then sent as often as its retries need. It keeps the samples only if the engine needs them."""
+
+    seconds: float
+    audio: np.ndarray | None = None
+    payload: bytes = b""
+
+
 class Engine(Protocol):
-    """A transcription engine shared by every job of the daemon."""
+    """A transcription engine shared by every job of the daemon.
+
+    `prepare` runs once per piece before it queues for the gate (so a retry never encodes again
+    and a request slot is never spent encoding); `transcribe` is one attempt, inside the slot."""
 
     @property
     def traits(self) -> EngineTraits: ...
 
-    async def transcribe(self, audio: np.ndarray) -> PieceResult:
-        """Transcribe 16 kHz mono int16 samples. Raises RetryableError or PermanentError."""
+    async def prepare(self, audio: np.ndarray) -> PreparedPiece:
+        """Ready 16 kHz mono int16 samples for sending."""
         ...
+
+    async def transcribe(self, piece: PreparedPiece) -> PieceResult:
+        """One attempt at a prepared piece. Raises RetryableError, PermanentError or a
+        ServiceSuspended."""
+        ...
+
+
+async def transcribe_audio(engine: Engine, audio: np.ndarray) -> PieceResult:
+    """Prepare and transcribe samples in one go (benchmarks; the pipeline keeps them apart)."""
+    return await engine.transcribe(await engine.prepare(audio))

@@ -25,7 +25,7 @@ import structlog
 import trio
 
 from transcribed.config import EmbeddedConfig
-from transcribed.engines.base import EngineTraits, PieceResult, Segment
+from transcribed.engines.base import EngineTraits, PieceResult, PreparedPiece, Segment
 from transcribed.errors import ConfigError, PermanentError, RetryableError
 from transcribed.media import child_environment
 from transcribed.planning import SAMPLE_RATE, PieceLimits
@@ -189,7 +189,12 @@ class EmbeddedEngine:
         # used workers go back to the replacer, which reaps them and starts fresh ones
         self._used_send, self._used_receive = trio.open_memory_channel[_Worker](count)
 
-    async def transcribe(self, audio: np.ndarray) -> PieceResult:
+    async def prepare(self, audio: np.ndarray) -> PreparedPiece:
+        return PreparedPiece(seconds=len(audio) / SAMPLE_RATE, audio=audio)
+
+    async def transcribe(self, piece: PreparedPiece) -> PieceResult:
+        assert piece.audio is not None
+        audio = piece.audio
         worker = await self._idle_receive.receive()
         try:
             with trio.fail_after(60 + 5 * len(audio) / SAMPLE_RATE):

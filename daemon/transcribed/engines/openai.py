@@ -38,7 +38,7 @@ import trio
 
 from transcribed import metrics
 from transcribed.config import OpenAIConfig, shown
-from transcribed.engines.base import EngineTraits, PieceResult, Segment, Word
+from transcribed.engines.base import EngineTraits, PieceResult, PreparedPiece, Segment, Word
 from transcribed.engines.models import ModelSpec, check_options, model_spec
 from transcribed.errors import (
     ConfigError,
@@ -515,7 +515,9 @@ class OpenAIEngine:
             fields["timestamp_granularities[]"] = ["segment", "word"]
         return fields
 
-    async def transcribe(self, audio: np.ndarray) -> PieceResult:
+    async def prepare(self, audio: np.ndarray) -> PreparedPiece:
+        """Encode the upload once. The samples are kept only while a text-only answer may need
+        timing from them (the model table says whether it can)."""
         seconds = len(audio) / SAMPLE_RATE
         data = await encode_piece(audio, self.format)
         if len(data) + _ENVELOPE_BYTES > self.config.max_upload_bytes:
@@ -523,7 +525,12 @@ class OpenAIEngine:
                 f"a {seconds:.0f} s piece encoded to {len(data)} bytes, over the server's limit",
                 hint="lower openai.upload_bitrate or openai.piece_max_seconds",
             )
-        files = {"file": (f"piece.{self.format.suffix}", data, self.format.mime)}
+        needs_audio = self.response_format != "verbose_json" or self.spec.may_refuse_verbose
+        return PreparedPiece(seconds=seconds, payload=data, audio=audio if needs_audio else None)
+
+    async def transcribe(self, piece: PreparedPiece) -> PieceResult:
+        seconds = piece.seconds
+        files = {"file": (f"piece.{self.format.suffix}", piece.payload, self.format.mime)}
         response = await self._post(files)
         if response.status_code == 400 and self._refuses_verbose(response):
             # a compatible server's model without timestamps: ask json from now on
@@ -539,6 +546,7 @@ class OpenAIEngine:
         if not timed:  # text only: the daemon times it at the pauses it hears in the piece
             # ~0.5 s of CPU for a 120 s piece: off the event loop
             text = " ".join(s.text for s in segments)
+            audio = piece.audio if piece.audio is not None else np.zeros(0, dtype=np.int16)
             segments = await trio.to_thread.run_sync(time_text, text, audio)
         return PieceResult(segments=segments, cost=self.traits.cost(seconds))
 

@@ -234,8 +234,9 @@ WAIT = 30
 
 
 def jobs_in(work: Path) -> list[str]:
-    """The job folders in work/ (not the daemon's own dot-files such as its lock)."""
-    return sorted(name for name in os.listdir(work) if not name.startswith("."))
+    """What work/ holds besides the daemon's lock: job folders, and the .trash-* folder of a
+    removal a crash interrupted (swept at the next start)."""
+    return sorted(name for name in os.listdir(work) if name != ".lock")
 
 
 @asynccontextmanager

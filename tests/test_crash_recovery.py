@@ -315,13 +315,26 @@ def test_twelve_kills_during_one_long_job_never_make_it_poison(recording: Path, 
     """Twelve kill -9s from outside (the OOM killer, power cuts), each after the job journaled
     one more piece, with max_attempts 3: the file is never declared poison, and the last start
     ends byte-identical to a clean run with nothing journaled paid for twice."""
-    small = ("--openai-piece-target-seconds", "2", "--openai-piece-max-seconds", "3", "--openai-max-concurrent-requests", "1", "--max-attempts", "3")
-    server = Server(tmp_path)
-    server.control(service_base=0.15)
+    small = ("--openai-piece-target-seconds", "5", "--openai-piece-max-seconds", "10", "--openai-max-concurrent-requests", "1", "--max-attempts", "3")
+    long_recording = tmp_path / "long.mp3"  # 2 min 13 s, each third at its own level so no two pieces are alike
+    subprocess.run(
+        ["ffmpeg", "-v", "error", "-y", *["-i", str(recording)] * 3, "-filter_complex",
+         "[0:a]volume=1.0[a];[1:a]volume=0.8[b];[2:a]volume=0.6[c];[a][b][c]concat=n=3:v=0:a=1",
+         "-c:a", "libmp3lame", "-b:a", "64k", str(long_recording)],
+        check=True, timeout=60,
+    )  # fmt: skip
+    recording = long_recording
+    (tmp_path / "clean").mkdir()
+    clean_server = Server(tmp_path / "clean")
     try:
         clean_root = new_root(tmp_path / "clean", recording)
-        run_to_completion(clean_root, tmp_path / "clean.log", "openai", server, extra=small)
+        run_to_completion(clean_root, tmp_path / "clean.log", "openai", clean_server, extra=small)
         clean = {name: (clean_root / "outbox" / name).read_bytes() for name in OUTPUTS}
+    finally:
+        clean_server.stop()
+    server = Server(tmp_path)  # its counters then tell this run's requests alone
+    server.control(service_base=0.15)
+    try:
         root = new_root(tmp_path, recording)
         log = tmp_path / "daemon.log"
         for kill in range(12):

@@ -14,7 +14,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import stat
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -34,7 +34,7 @@ from transcribed.naming import (
     source_suffix,
     unique_path,
 )
-from transcribed.progress import isoformat, utc_now
+from transcribed.progress import JobProgress, isoformat, utc_now
 
 logger = structlog.get_logger()
 
@@ -139,33 +139,39 @@ class Listing:
         return self.files | {name: key for name, (key, _) in self.oddities.items()}
 
 
-def list_inbox(inbox: Path) -> Listing:
-    """Scan the inbox without following links."""
-    files: dict[bytes, tuple[int, int, int]] = {}
-    oddities: dict[bytes, tuple[tuple[int, int, int], str]] = {}
+def candidate_entries(inbox: Path) -> Iterator[tuple[bytes, os.stat_result]]:
+    """The inbox's candidate entries and their lstat, without following links; nothing if the
+    folder is gone (the next pass makes it again) or an entry vanished meanwhile."""
     try:
         scan = os.scandir(os.fsencode(inbox))
-    except FileNotFoundError:  # removed under us: the next pass makes it again
-        return Listing(files=files, oddities=oddities)
+    except OSError:
+        return
     with scan as entries:
         for entry in entries:
             if not is_candidate_name(entry.name):
                 continue
             try:
-                info = entry.stat(follow_symlinks=False)
-            except FileNotFoundError:
+                yield entry.name, entry.stat(follow_symlinks=False)
+            except OSError:
                 continue
-            key = (info.st_ino, info.st_size, info.st_mtime_ns)
-            if stat.S_ISREG(info.st_mode) and info.st_nlink == 1:
-                files[entry.name] = key
-            elif stat.S_ISREG(info.st_mode):
-                oddities[entry.name] = (key, "hardlink")
-            elif stat.S_ISLNK(info.st_mode):
-                oddities[entry.name] = (key, "symlink")
-            elif stat.S_ISDIR(info.st_mode):
-                oddities[entry.name] = (key, "directory")
-            else:
-                oddities[entry.name] = (key, "special")
+
+
+def list_inbox(inbox: Path) -> Listing:
+    """Scan the inbox without following links."""
+    files: dict[bytes, tuple[int, int, int]] = {}
+    oddities: dict[bytes, tuple[tuple[int, int, int], str]] = {}
+    for name, info in candidate_entries(inbox):
+        key = (info.st_ino, info.st_size, info.st_mtime_ns)
+        if stat.S_ISREG(info.st_mode) and info.st_nlink == 1:
+            files[name] = key
+        elif stat.S_ISREG(info.st_mode):
+            oddities[name] = (key, "hardlink")
+        elif stat.S_ISLNK(info.st_mode):
+            oddities[name] = (key, "symlink")
+        elif stat.S_ISDIR(info.st_mode):
+            oddities[name] = (key, "directory")
+        else:
+            oddities[name] = (key, "special")
     return Listing(files=files, oddities=oddities)
 
 
@@ -197,7 +203,9 @@ class Claimer:
         job_id = new_job_id(moment)
         display, name_b64 = encode_name(name)
         try:
-            stem = self.stems.claim_unique(safe_stem(name), job_id)
+            queued = JobProgress(source=display, job_id=job_id, engine="", model="")
+            queued.started_at = queued.updated_at = isoformat(moment)
+            stem = self.stems.claim_unique(safe_stem(name), job_id, queued.as_dict(0.0))
         except OSError as exc:  # the outbox cannot be written: claim nothing for now
             logger.warning("intake.claim_failed", source=display, error=exc.strerror)
             return None

@@ -101,13 +101,10 @@ class StemRegistry:
         with self._lock:
             self._reserved.discard(stem)
 
-    def _placeholder(self, job_id: str) -> bytes:
-        return (
-            json.dumps(
-                {"state": "queued", "job_id": job_id, "claimed_into": str(self.owner)}
-            ).encode()
-            + b"\n"
-        )
+    def _placeholder(self, job_id: str, progress: dict[str, object] | None) -> bytes:
+        document = {**(progress or {"state": "queued"}), "job_id": job_id}
+        document["claimed_into"] = str(self.owner)
+        return json.dumps(document, indent=2).encode() + b"\n"
 
     def _placeholder_of(self, path: Path) -> str | None:
         """The job id of one of this owner's placeholders at `path`, else None."""
@@ -140,17 +137,20 @@ class StemRegistry:
                 removed += 1
         return removed
 
-    def claim_unique(self, base: str, job_id: str = "") -> str:
-        """The first free stem of BASE, BASE-2, BASE-3... reserved for the caller. Blocking."""
+    def claim_unique(
+        self, base: str, job_id: str = "", progress: dict[str, object] | None = None
+    ) -> str:
+        """The first free stem of BASE, BASE-2, BASE-3... reserved for the caller; with an owner,
+        its placeholder is `progress` (a queued job's progress document). Blocking."""
         with self._lock:
             stem, number = base, 1
-            while not self._take(stem, job_id):
+            while not self._take(stem, job_id, progress):
                 number += 1
                 stem = f"{base}-{number}"
             self._reserved.add(stem)
             return stem
 
-    def _take(self, stem: str, job_id: str) -> bool:
+    def _take(self, stem: str, job_id: str, progress: dict[str, object] | None) -> bool:
         if stem in self._reserved:
             return False
         if unique_path(self.folder, stem, (*OUTPUT_SUFFIXES, ".docx", PROGRESS_SUFFIX)) != stem:
@@ -161,7 +161,7 @@ class StemRegistry:
         # a temp name, then hard-linked (link(2) fails if the target exists), never half-seen.
         target = self.folder / f"{stem}{PROGRESS_SUFFIX}"
         temp = self.folder / f".{stem}{PROGRESS_SUFFIX}.tmp-{secrets.token_hex(4)}"
-        temp.write_bytes(self._placeholder(job_id))
+        temp.write_bytes(self._placeholder(job_id, progress))
         try:
             os.link(temp, target)
         except FileExistsError:  # another daemon sharing this outbox took it just now

@@ -25,7 +25,7 @@ from typing import Any
 
 from transcribed.config import Config
 from transcribed.errors import ConfigError
-from transcribed.intake import is_candidate_name
+from transcribed.intake import candidate_entries
 from transcribed.journal import JOB_FILE
 from transcribed.lock import LOCK_NAME
 from transcribed.naming import PROGRESS_SUFFIX, display_name
@@ -81,28 +81,17 @@ def inbox_entries(
 ) -> tuple[int, list[dict[str, Any]]]:
     """(how many entries wait in the inbox, the oldest INBOX_SHOWN of them described)."""
     found: list[dict[str, Any]] = []
-    try:
-        scan = os.scandir(os.fsencode(inbox))
-    except OSError:
-        return 0, []
     moment = now()
-    with scan as entries:
-        for entry in entries:
-            if not is_candidate_name(entry.name):
-                continue
-            try:
-                info = entry.stat(follow_symlinks=False)
-            except OSError:
-                continue
-            age = max(0.0, moment - info.st_mtime)
-            found.append(
-                {
-                    "name": display_name(entry.name),
-                    "size": info.st_size if stat.S_ISREG(info.st_mode) else None,
-                    "state": "settling" if age < settle_interval else "queued",
-                    "waiting_seconds": round(age, 1),
-                }
-            )
+    for name, info in candidate_entries(inbox):
+        age = max(0.0, moment - info.st_mtime)
+        found.append(
+            {
+                "name": display_name(name),
+                "size": info.st_size if stat.S_ISREG(info.st_mode) else None,
+                "state": "settling" if age < settle_interval else "queued",
+                "waiting_seconds": round(age, 1),
+            }
+        )
     found.sort(key=lambda item: -float(item["waiting_seconds"]))
     return len(found), found[:INBOX_SHOWN]
 

@@ -21,16 +21,32 @@ class Segment:
     start: float
     end: float
     text: str
+    speaker: str | None = None
 
     def shifted(self, offset: float) -> Segment:
-        return Segment(start=self.start + offset, end=self.end + offset, text=self.text)
+        return Segment(
+            start=self.start + offset, end=self.end + offset, text=self.text, speaker=self.speaker
+        )
 
     def as_dict(self) -> dict[str, Any]:
-        return {"start": round(self.start, 3), "end": round(self.end, 3), "text": self.text}
+        data: dict[str, Any] = {
+            "start": round(self.start, 3),
+            "end": round(self.end, 3),
+            "text": self.text,
+        }
+        if self.speaker is not None:
+            data["speaker"] = self.speaker
+        return data
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Segment:
-        return cls(start=float(data["start"]), end=float(data["end"]), text=str(data["text"]))
+        speaker = data.get("speaker")
+        return cls(
+            start=float(data["start"]),
+            end=float(data["end"]),
+            text=str(data["text"]),
+            speaker=None if speaker is None else str(speaker),
+        )
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -27,6 +27,7 @@ import trio
 
 from transcribed.atomic import atomic_write_json, remove_stale_temps
 from transcribed.config import Config
+from transcribed.diarize import prepare_speakers  # issue 12
 from transcribed.engines import Engine, gate_for, open_engine
 from transcribed.errors import ConfigError, JobInterrupted, RejectedFileError, TranscribedError
 from transcribed.failpoints import failpoint
@@ -317,6 +318,7 @@ async def _serve(
             board=board,
             free_space=free_space,
             watched_folders=(folders["work"], folders["outbox"]),
+            known_speakers=await prepare_speakers(config, engine.name),  # issue 12
         )
         daemon = Daemon(config, services, stems)
         claimer = Claimer(config, stems, now=now)

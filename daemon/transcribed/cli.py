@@ -23,6 +23,7 @@ import trio
 
 from transcribed.app import read_progress_files, run_daemon
 from transcribed.config import Config, key_specs, load_config
+from transcribed.diarize import prepare_speakers  # issue 12
 from transcribed.engines import gate_for, open_engine
 from transcribed.errors import ConfigError, TranscribedError
 from transcribed.intake import StemRegistry, new_job_id, safe_stem
@@ -150,7 +151,11 @@ async def transcribe_files(config: Config, files: list[Path], out: Path | None) 
     failures = 0
     async with open_engine(config) as engine:
         services = Services(
-            config=config, engine=engine, gate=gate_for(config, engine), board=board
+            config=config,
+            engine=engine,
+            gate=gate_for(config, engine),
+            board=board,
+            known_speakers=await prepare_speakers(config, engine.name),  # issue 12
         )
         limiter = trio.CapacityLimiter(config.job_workers)
 

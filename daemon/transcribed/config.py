@@ -201,6 +201,17 @@ class Config:
     log_level: str = _key(
         "lowest level logged", "info", choices=("debug", "info", "warning", "error")
     )
+    # -- speakers (issue 12) --
+    speakers: str = _key(
+        "label who speaks when, on this machine: auto (for the embedded engine), on, or off",
+        "auto",
+        choices=("auto", "on", "off"),
+    )
+    speakers_dir: Path | None = _key(
+        "folder of reference clips (NAME.wav, 2-30 s of one person each) that name known speakers",
+        None,
+    )
+    # -- end speakers --
     embedded: EmbeddedConfig = field(default_factory=EmbeddedConfig)
     openai: OpenAIConfig = field(default_factory=OpenAIConfig)
 

@@ -29,7 +29,8 @@ import numpy as np
 import structlog
 import trio
 
-from transcribed.diarization_models import check_model_dir
+from transcribed.config import Config
+from transcribed.diarization_models import check_model_dir, default_model_dir
 from transcribed.engines.base import Segment
 from transcribed.errors import ConfigError, JobError
 from transcribed.media import MediaLimits, child_environment, open_pcm_stream
@@ -290,8 +291,6 @@ def run_diarization_sync(
     source: Path, speakers_dir: Path | None = None, model_dir: Path | None = None
 ) -> Diarization:
     """diarize_source (with known speakers from speakers_dir) outside a daemon: for benchmarks."""
-    from transcribed.diarization_models import default_model_dir
-
     folder = model_dir or default_model_dir()
 
     async def run() -> Diarization:
@@ -304,3 +303,45 @@ def run_diarization_sync(
     result = trio.run(run)
     logger.debug("diarize.sync", seconds=time.perf_counter() - started)
     return result
+
+
+# ---------------------------------------------------------------- what the pipeline calls
+
+
+def speakers_wanted(config: Config, engine_name: str) -> bool:
+    """`speakers = "auto"` labels speakers for the embedded engine; "on" for every engine."""
+    return config.speakers == "on" or (config.speakers == "auto" and engine_name == "embedded")
+
+
+async def prepare_speakers(config: Config, engine_name: str) -> KnownSpeakers:
+    """At start: the speaker models must be there, and every reference clip usable (else
+    ConfigError, naming the file); returns the known speakers' voiceprints."""
+    if not speakers_wanted(config, engine_name):
+        return KnownSpeakers()
+    model_dir = default_model_dir()
+    problem = await trio.to_thread.run_sync(check_model_dir, model_dir)
+    if problem:
+        raise ConfigError(
+            problem,
+            hint="run: python -m transcribed.diarization_models install (or set speakers = off)",
+        )
+    if config.speakers_dir is None:
+        return KnownSpeakers()
+    return await load_known_speakers(
+        config.speakers_dir, model_dir=model_dir, limits=config.media_limits
+    )
+
+
+async def label_speakers(
+    config: Config, known: KnownSpeakers, source: Path, segments: list[Segment]
+) -> tuple[list[Segment], list[dict[str, Any]]]:
+    """diarize_job under the job's configured limits."""
+    return await diarize_job(
+        source,
+        segments,
+        model_dir=default_model_dir(),
+        known=known,
+        max_seconds=config.max_audio_seconds,
+        stall_timeout=config.decode_stall_timeout,
+        limits=config.media_limits,
+    )

@@ -8,10 +8,12 @@ decides what happens to the source.
 
 from __future__ import annotations
 
+import functools
 import shutil
 from collections.abc import AsyncIterator, Callable
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
@@ -20,6 +22,7 @@ import trio
 
 from transcribed.config import Config
 from transcribed.cutting import Piece, PieceCutter
+from transcribed.diarize import KnownSpeakers, label_speakers, speakers_wanted  # issue 12
 from transcribed.engines import retry_policy_for
 from transcribed.engines.base import Engine, PieceResult
 from transcribed.errors import JobInterrupted, RejectedFileError, RetryableError
@@ -51,6 +54,8 @@ class Services:
     free_space: Callable[[Path], int] = field(default=lambda path: shutil.disk_usage(path).free)
     # Where the job writes (journal and outputs); empty for the one-shot command's temp dirs.
     watched_folders: tuple[Path, ...] = ()
+    # -- speakers (issue 12): voiceprints of the reference clips, made once at start --
+    known_speakers: KnownSpeakers = field(default_factory=KnownSpeakers)
 
     def short_of_space(self) -> str | None:
         """The folder whose filesystem has less than min_free_space_mb free, if any."""
@@ -261,9 +266,20 @@ async def run_job(
         "audio_seconds": round(total_seconds, 3),
         "warnings": warnings,
     }
+    # -- speakers (issue 12): a local diarization pass labels the merged segments --
+    if speakers_wanted(config, services.engine.name):
+        segments, metadata["speakers"] = await label_speakers(
+            config, services.known_speakers, source, segments
+        )
+    recorded = datetime.fromtimestamp(source.stat().st_mtime, UTC).date().isoformat()  # noqa: ASYNC240 - one stat
+    # -- end speakers --
     await wait_for_disk(services, progress)
     outputs = await trio.to_thread.run_sync(
-        write_outputs, output_dir, record.stem, segments, metadata
+        functools.partial(write_outputs, date=recorded),
+        output_dir,
+        record.stem,
+        segments,
+        metadata,
     )
     cost = sum(result.cost for _, result in results.values())
     return JobOutcome(

@@ -1,4 +1,5 @@
-"""Transcript writers (txt, srt, vtt, json), each file published atomically in the outbox."""
+"""Transcript writers (txt, srt, vtt, json; docx in docx_output.py), each file published
+atomically in the outbox."""
 
 from __future__ import annotations
 
@@ -6,11 +7,12 @@ import json
 from pathlib import Path
 from typing import Any
 
-from transcribed.atomic import atomic_write_text
+from transcribed.atomic import atomic_write_bytes, atomic_write_text
+from transcribed.docx_output import render_docx
 from transcribed.engines.base import Segment
 from transcribed.failpoints import failpoint
 
-OUTPUT_SUFFIXES = (".txt", ".srt", ".vtt", ".json")
+OUTPUT_SUFFIXES = (".txt", ".srt", ".vtt", ".docx", ".json")
 
 
 def _clock(seconds: float, separator: str) -> str:
@@ -56,9 +58,10 @@ def output_paths(folder: Path, stem: str) -> dict[str, Path]:
 
 
 def write_outputs(
-    folder: Path, stem: str, segments: list[Segment], metadata: dict[str, Any]
+    folder: Path, stem: str, segments: list[Segment], metadata: dict[str, Any], *, date: str = ""
 ) -> list[Path]:
-    """Write all four transcripts; the .json goes last, so its presence means all are there."""
+    """Write all five transcripts; the .json goes last, so its presence means all are there.
+    `date` is the .docx title block's (the recording's date)."""
     paths = output_paths(folder, stem)
     atomic_write_text(paths[".txt"], render_txt(segments))
     failpoint("outputs.txt_written")
@@ -66,6 +69,8 @@ def write_outputs(
     failpoint("outputs.srt_written")
     atomic_write_text(paths[".vtt"], render_vtt(segments))
     failpoint("outputs.vtt_written")
+    docx = render_docx(segments, metadata, date=date, speakers=metadata.get("speakers", ()))
+    atomic_write_bytes(paths[".docx"], docx)
     atomic_write_text(paths[".json"], render_json(segments, metadata))
     failpoint("outputs.json_written")
     return list(paths.values())

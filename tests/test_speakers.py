@@ -42,8 +42,23 @@ def _write_wav(path: Path, samples: np.ndarray) -> Path:
 
 def _decode(path: Path) -> np.ndarray:
     raw = subprocess.run(
-        ["ffmpeg", "-nostdin", "-v", "error", "-i", str(path), "-ac", "1", "-ar", "16000", "-f", "s16le", "-"],
-        check=True, capture_output=True,
+        [
+            "ffmpeg",
+            "-nostdin",
+            "-v",
+            "error",
+            "-i",
+            str(path),
+            "-ac",
+            "1",
+            "-ar",
+            "16000",
+            "-f",
+            "s16le",
+            "-",
+        ],
+        check=True,
+        capture_output=True,
     ).stdout
     return np.frombuffer(raw, "<i2").astype(np.float32) / 32768.0
 
@@ -144,15 +159,32 @@ def test_the_docx_opens_in_libreoffice_with_the_transcripts_text(tmp_path: Path)
     """LibreOffice converts the .docx to PDF headless, and the PDF's text has the title
     block, the speakers' list and every turn paragraph."""
     soffice, pdftotext = shutil.which("soffice"), shutil.which("pdftotext")
-    assert soffice and pdftotext, "bash .ci/setup installs libreoffice-writer-nogui and poppler-utils"
-    metadata = {"source": "hearing.mp3", "engine": "embedded", "model": "base-en", "audio_seconds": 3727.0}
+    assert soffice and pdftotext, (
+        "bash .ci/setup installs libreoffice-writer-nogui and poppler-utils"
+    )
+    metadata = {
+        "source": "hearing.mp3",
+        "engine": "embedded",
+        "model": "base-en",
+        "audio_seconds": 3727.0,
+    }
     speakers = [{"name": "Chair", "seconds": 5.7}, {"name": "Speaker 1", "seconds": 3.0}]
     document = tmp_path / "hearing.docx"
     document.write_bytes(render_docx(SEGMENTS, metadata, date="2026-12-01", speakers=speakers))
     subprocess.run(
-        [soffice, "--headless", f"-env:UserInstallation=file://{tmp_path}/profile",
-         "--convert-to", "pdf", "--outdir", str(tmp_path), str(document)],
-        check=True, capture_output=True, timeout=120,
+        [
+            soffice,
+            "--headless",
+            f"-env:UserInstallation=file://{tmp_path}/profile",
+            "--convert-to",
+            "pdf",
+            "--outdir",
+            str(tmp_path),
+            str(document),
+        ],
+        check=True,
+        capture_output=True,
+        timeout=120,
     )
     text = subprocess.run(
         [pdftotext, str(tmp_path / "hearing.pdf"), "-"], check=True, capture_output=True, text=True
@@ -204,7 +236,13 @@ async def test_reference_clips_are_checked_at_start(tmp_path: Path) -> None:
     noise = np.random.default_rng(0).standard_normal(16_000 * 5).astype(np.float32) * 0.01
     for name, samples, complaint in (
         ("short.wav", reading[16_000 : 16_000 * 2 + 8000], "too short"),
-        ("long.wav", np.tile(reading, 1)[: 16_000 * 31] if len(reading) > 16_000 * 31 else np.concatenate([reading, reading])[: 16_000 * 31], "too long"),
+        (
+            "long.wav",
+            np.tile(reading, 1)[: 16_000 * 31]
+            if len(reading) > 16_000 * 31
+            else np.concatenate([reading, reading])[: 16_000 * 31],
+            "too long",
+        ),
         ("hum.wav", noise, "no speech"),
     ):
         folder = tmp_path / name
@@ -239,14 +277,19 @@ async def test_two_real_voices_in_turns_get_two_labels_and_a_name(tmp_path: Path
     recording = _write_wav(tmp_path / "turns.wav", np.concatenate(timeline))
     speakers = tmp_path / "speakers"
     speakers.mkdir()
-    _write_wav(speakers / "Reader.wav", _decode(TWO_CITIES)[int(32.8 * 16_000) : int(41.6 * 16_000)])
+    _write_wav(
+        speakers / "Reader.wav", _decode(TWO_CITIES)[int(32.8 * 16_000) : int(41.6 * 16_000)]
+    )
     with trio.fail_after(300):
         known = await load_known_speakers(speakers, model_dir=MODELS)
         result = await diarize_source(recording, model_dir=MODELS, known=known)
     score = bench.diarization_error(truth, [(t.start, t.end, t.speaker) for t in result.turns])
     assert len(result.speakers) == 2
     assert score["der"] < 0.15
-    assert bench.named_share(truth, [(t.start, t.end, t.speaker) for t in result.turns], "b", "Reader") > 0.9
+    assert (
+        bench.named_share(truth, [(t.start, t.end, t.speaker) for t in result.turns], "b", "Reader")
+        > 0.9
+    )
 
 
 # ---------------------------------------------------------------- a job's outputs
@@ -261,9 +304,20 @@ def test_transcribe_writes_speakers_into_every_output(tmp_path: Path) -> None:
     source = tmp_path / "reading.wav"
     shutil.copy(TWO_CITIES, source)
     subprocess.run(
-        [sys.executable, "-m", "transcribed", "transcribe", str(source), "--out", str(out),
-         "--log-format", "json"],
-        check=True, capture_output=True, timeout=600,
+        [
+            sys.executable,
+            "-m",
+            "transcribed",
+            "transcribe",
+            str(source),
+            "--out",
+            str(out),
+            "--log-format",
+            "json",
+        ],
+        check=True,
+        capture_output=True,
+        timeout=600,
     )
     document = json.loads((out / "reading.json").read_text())
     assert document["speakers"][0]["name"] == "Speaker 1"

@@ -67,6 +67,16 @@ def name_speakers(
     return [labels[row] for row in range(len(centroids))]
 
 
+def peak_rss_mib() -> float:
+    """This process's own high-water mark (VmHWM). Not getrusage's ru_maxrss, which Linux
+    carries over from the parent across fork and exec: a big parent would be counted."""
+    with open("/proc/self/status", encoding="ascii") as status:
+        for line in status:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
 def main(argv: list[str]) -> int:
     stdin, stdout = sys.stdin.buffer, sys.stdout.buffer
     sys.stdout = sys.stderr  # nothing but protocol reaches stdout
@@ -114,7 +124,7 @@ def main(argv: list[str]) -> int:
                     "turns": [[t.start, t.end, labels[t.speaker]] for t in turns],
                     "speakers": [labels[row] for row in order],
                     "cpu_seconds": usage.ru_utime + usage.ru_stime,
-                    "peak_rss_mib": usage.ru_maxrss / 1024,
+                    "peak_rss_mib": peak_rss_mib(),
                     "finished_at": time.time(),
                 },
             )

@@ -210,7 +210,7 @@ async def _transcribe_one(services: Services, path: Path, out: Path) -> bool:
     logger.info(
         "job.finished", job_id=record.job_id, outcome="done", **job_summary(record, outcome)
     )
-    print(f"{display}: {out / record.stem}.txt (.srt .vtt .json)", file=sys.stderr)
+    print(f"{display}: {out / record.stem}.txt (.srt .vtt .docx .json)", file=sys.stderr)
     return True
 
 

@@ -327,5 +327,36 @@ def test_transcribe_writes_speakers_into_every_output(tmp_path: Path) -> None:
     from docx import Document
 
     paragraphs = [p.text for p in Document(str(out / "reading.docx")).paragraphs]
-    assert any(re.match(r"\[00:00:0\d\] Speaker 1: It was the best of times", p) for p in paragraphs)
+    assert any(
+        re.match(r"\[00:00:0\d\] Speaker 1: It was the best of times", p) for p in paragraphs
+    )
     assert "Speakers" in paragraphs and "Transcript" in paragraphs
+
+
+# ---------------------------------------------------------------- choosing the outputs
+
+
+def test_outputs_chooses_which_files_are_written(tmp_path: Path) -> None:
+    """`outputs` comes from a TOML list or a comma-separated environment value, refuses an
+    unknown format by name, and write_outputs writes exactly the chosen files."""
+    from transcribed.config import load_config
+    from transcribed.outputs import write_outputs
+
+    path = tmp_path / "transcribed.toml"
+    path.write_text('outputs = ["txt", "docx"]\n')
+    assert load_config(path=path, environ={}).outputs == ("txt", "docx")
+    assert load_config(environ={"TRANSCRIBED_OUTPUTS": "json, srt"}).outputs == ("json", "srt")
+    assert load_config(environ={}).outputs == ("txt", "srt", "vtt", "json", "docx")
+    with pytest.raises(ConfigError, match="'pdf' is not one of"):
+        load_config(environ={"TRANSCRIBED_OUTPUTS": "txt,pdf"})
+
+    folder = tmp_path / "out"
+    folder.mkdir()
+    written = write_outputs(
+        folder, "hearing", SEGMENTS, {"source": "hearing.mp3"}, formats=("txt", "docx")
+    )
+    assert (
+        sorted(p.name for p in written)
+        == sorted(p.name for p in folder.iterdir())
+        == ["hearing.docx", "hearing.txt"]
+    )

@@ -210,7 +210,8 @@ async def _transcribe_one(services: Services, path: Path, out: Path) -> bool:
     logger.info(
         "job.finished", job_id=record.job_id, outcome="done", **job_summary(record, outcome)
     )
-    print(f"{display}: {out / record.stem}.txt (.srt .vtt .docx .json)", file=sys.stderr)
+    chosen = " ".join(f".{suffix}" for suffix in services.config.outputs)
+    print(f"{display}: {out / record.stem} ({chosen})", file=sys.stderr)
     return True
 
 

@@ -211,6 +211,11 @@ class Config:
         "folder of reference clips (NAME.wav, 2-30 s of one person each) that name known speakers",
         None,
     )
+    outputs: tuple[str, ...] = _key(
+        "which transcript files to write, of txt, srt, vtt, json and docx",
+        ("txt", "srt", "vtt", "json", "docx"),
+        choices=("txt", "srt", "vtt", "json", "docx"),
+    )
     # -- end speakers --
     embedded: EmbeddedConfig = field(default_factory=EmbeddedConfig)
     openai: OpenAIConfig = field(default_factory=OpenAIConfig)
@@ -322,6 +327,11 @@ def _convert(spec: KeySpec, raw: Any, source: str) -> Any:
             if not isinstance(raw, str | Path):
                 raise ValueError(raw)
             value = Path(os.path.expanduser(str(raw)))
+        elif typing.get_origin(spec.type) is tuple:  # a list: TOML array, or "a,b" (env, flag)
+            items = raw.split(",") if isinstance(raw, str) else raw
+            if not isinstance(items, list | tuple) or not all(isinstance(i, str) for i in items):
+                raise ValueError(raw)
+            value = tuple(item.strip() for item in items if item.strip())
         else:
             if not isinstance(raw, str):
                 raise ValueError(raw)
@@ -333,7 +343,14 @@ def _convert(spec: KeySpec, raw: Any, source: str) -> Any:
         raise ConfigError(
             f"{where}: {raw!r} is not {kind}", hint=f"{spec.dotted}: {spec.help}"
         ) from None
-    if spec.choices is not None and value not in spec.choices:
+    if spec.choices is not None and isinstance(value, tuple):
+        for item in value:
+            if item not in spec.choices:
+                raise ConfigError(
+                    f"{where}: {item!r} is not one of {', '.join(spec.choices)}",
+                    hint=f"{spec.dotted}: {spec.help}",
+                )
+    elif spec.choices is not None and value not in spec.choices:
         raise ConfigError(
             f"{where}: {value!r} is not one of {', '.join(spec.choices)}",
             hint=f"{spec.dotted}: {spec.help}",

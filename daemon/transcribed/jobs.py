@@ -275,7 +275,7 @@ async def run_job(
     # -- end speakers --
     await wait_for_disk(services, progress)
     outputs = await trio.to_thread.run_sync(
-        functools.partial(write_outputs, date=recorded),
+        functools.partial(write_outputs, date=recorded, formats=config.outputs),
         output_dir,
         record.stem,
         segments,

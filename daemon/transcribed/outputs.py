@@ -4,6 +4,7 @@ atomically in the outbox."""
 from __future__ import annotations
 
 import json
+from collections.abc import Collection
 from pathlib import Path
 from typing import Any
 
@@ -58,19 +59,30 @@ def output_paths(folder: Path, stem: str) -> dict[str, Path]:
 
 
 def write_outputs(
-    folder: Path, stem: str, segments: list[Segment], metadata: dict[str, Any], *, date: str = ""
+    folder: Path,
+    stem: str,
+    segments: list[Segment],
+    metadata: dict[str, Any],
+    *,
+    date: str = "",
+    formats: Collection[str] = ("txt", "srt", "vtt", "json", "docx"),
 ) -> list[Path]:
-    """Write all five transcripts; the .json goes last, so its presence means all are there.
-    `date` is the .docx title block's (the recording's date)."""
+    """Write the chosen transcripts (config `outputs`; default all five); the .json goes last,
+    so its presence means all are there. `date` is the .docx title block's."""
     paths = output_paths(folder, stem)
-    atomic_write_text(paths[".txt"], render_txt(segments))
+    if "txt" in formats:
+        atomic_write_text(paths[".txt"], render_txt(segments))
     failpoint("outputs.txt_written")
-    atomic_write_text(paths[".srt"], render_srt(segments))
+    if "srt" in formats:
+        atomic_write_text(paths[".srt"], render_srt(segments))
     failpoint("outputs.srt_written")
-    atomic_write_text(paths[".vtt"], render_vtt(segments))
+    if "vtt" in formats:
+        atomic_write_text(paths[".vtt"], render_vtt(segments))
     failpoint("outputs.vtt_written")
-    docx = render_docx(segments, metadata, date=date, speakers=metadata.get("speakers", ()))
-    atomic_write_bytes(paths[".docx"], docx)
-    atomic_write_text(paths[".json"], render_json(segments, metadata))
+    if "docx" in formats:
+        docx = render_docx(segments, metadata, date=date, speakers=metadata.get("speakers", ()))
+        atomic_write_bytes(paths[".docx"], docx)
+    if "json" in formats:
+        atomic_write_text(paths[".json"], render_json(segments, metadata))
     failpoint("outputs.json_written")
-    return list(paths.values())
+    return [path for suffix, path in paths.items() if suffix[1:] in formats]

@@ -221,15 +221,19 @@ async def test_one_reader_is_one_speaker_with_their_speech_covered(tmp_path: Pat
 
 
 @needs_models
-async def test_reference_clips_are_checked_at_start(tmp_path: Path) -> None:
-    """A good clip gives a voiceprint named by its stem; a clip under 2 s, over 30 s, or with
-    no speech stops start-up with a ConfigError naming the file."""
+async def test_reference_clips_are_checked_at_start(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A good clip (in a folder given relative to the working directory) gives a voiceprint
+    named by its stem; a clip under 2 s, over 30 s, or with no speech stops start-up with a
+    ConfigError naming the file."""
+    monkeypatch.chdir(tmp_path)
     reading = _decode(TWO_CITIES)
     good = tmp_path / "good"
     good.mkdir()
     _write_wav(good / "Clerk – Ms Okafor.wav", reading[16_000 : 16_000 * 12])
     with trio.fail_after(120):
-        known = await load_known_speakers(good, model_dir=MODELS)
+        known = await load_known_speakers(Path("good"), model_dir=MODELS)
     assert known.names == ("Clerk – Ms Okafor",)
     assert len(known.voiceprints[0]) == 256
     assert np.linalg.norm(known.voiceprints[0]) == pytest.approx(1.0, abs=1e-3)

@@ -200,7 +200,7 @@ def _reference_clips(speakers_dir: Path) -> list[Path]:
         raise ConfigError(f"speakers_dir {speakers_dir} is not a folder")
     return sorted(
         path
-        for path in speakers_dir.iterdir()
+        for path in speakers_dir.absolute().iterdir()
         if path.is_file() and not path.name.startswith(".") and path.suffix.lower() in CLIP_SUFFIXES
     )
 

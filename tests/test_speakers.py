@@ -365,3 +365,29 @@ def test_outputs_chooses_which_files_are_written(tmp_path: Path) -> None:
         == sorted(p.name for p in folder.iterdir())
         == ["hearing.docx", "hearing.txt"]
     )
+
+
+async def test_speakers_auto_means_the_embedded_engine_and_missing_models_stop_start_up(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """auto labels speakers for the embedded engine only, on for any engine, off for none;
+    when they are wanted, missing or altered model files are a configuration error at start."""
+    from transcribed import diarize
+    from transcribed.config import load_config
+
+    auto, on, off = (
+        load_config(environ={"TRANSCRIBED_SPEAKERS": v}) for v in ("auto", "on", "off")
+    )
+    assert [diarize.speakers_wanted(auto, e) for e in ("embedded", "openai")] == [True, False]
+    assert [diarize.speakers_wanted(on, e) for e in ("embedded", "openai")] == [True, True]
+    assert [diarize.speakers_wanted(off, e) for e in ("embedded", "openai")] == [False, False]
+
+    broken = tmp_path / "models"
+    broken.mkdir()
+    (broken / "segmentation.ort").write_bytes(b"not the model")
+    monkeypatch.setattr(diarize, "default_model_dir", lambda: broken)
+    with trio.fail_after(10):
+        assert await diarize.prepare_speakers(off, "embedded") == diarize.KnownSpeakers()
+        assert await diarize.prepare_speakers(auto, "openai") == diarize.KnownSpeakers()
+        with pytest.raises(ConfigError, match="speaker model .*(is missing|sha256 mismatch)"):
+            await diarize.prepare_speakers(auto, "embedded")

@@ -28,14 +28,14 @@ from conftest import TWO_CITIES, jobs_in, make_media
 pytestmark = pytest.mark.slow
 
 TESTS = Path(__file__).parent
-OUTPUTS = ("recording.txt", "recording.srt", "recording.vtt", "recording.json")
+OUTPUTS = ("recording.txt", "recording.srt", "recording.vtt", "recording.docx", "recording.json")
 COMMON_FLAGS = ["--settle-interval", "0.2", "--rescan-interval", "0.5", "--log-format", "json", "--min-free-space-mb", "0"]
 ENGINE_FLAGS = {
     "embedded": ["--embedded-piece-target-seconds", "12", "--embedded-piece-max-seconds", "20"],
     "openai": ["--engine", "openai", "--openai-piece-target-seconds", "5", "--openai-piece-max-seconds", "10"],
 }
 # The 44 s recording is cut into at least six pieces at 5-10 s, so one job makes at least 15
-# durable writes: claim record, claimed record, attempt count, piece limits, the pieces, four
+# durable writes: claim record, claimed record, attempt count, piece limits, the pieces, five
 # outputs, the concluded record. atomic.rename:N dies just before the N-th of them is renamed.
 FAILPOINTS = [
     "claim.recorded",

@@ -96,7 +96,7 @@ def test_the_daemon_process_transcribes_real_speech_and_stops_cleanly_on_sigterm
 
 
 def test_the_one_shot_command_writes_outputs_and_leaves_the_source(tmp_path: Path) -> None:
-    """`transcribed transcribe FILE --out DIR` writes the four outputs and exits 0; a bad file
+    """`transcribed transcribe FILE --out DIR` writes the five outputs and exits 0; a bad file
     makes it exit 1 with the reason on stderr."""
     source = make_media(tmp_path / "beckett.flac", BECKETT)
     (tmp_path / "broken.mp3").write_bytes(b"not audio at all" * 100)
@@ -109,6 +109,6 @@ def test_the_one_shot_command_writes_outputs_and_leaves_the_source(tmp_path: Pat
     assert result.returncode == 1
     assert "broken.mp3" in result.stderr and "not a recording" in result.stderr
     assert source.exists()
-    assert sorted(os.listdir(tmp_path / "out")) == ["beckett.json", "beckett.srt", "beckett.txt", "beckett.vtt"]
+    assert sorted(os.listdir(tmp_path / "out")) == ["beckett.docx", "beckett.json", "beckett.srt", "beckett.txt", "beckett.vtt"]
     assert word_error_rate(BECKETT_TEXT, (tmp_path / "out" / "beckett.txt").read_text()) <= 0.1
     shutil.rmtree(tmp_path / "out")

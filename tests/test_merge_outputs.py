@@ -84,10 +84,10 @@ def test_txt_is_paragraphs_opening_with_their_time() -> None:
     assert render_txt(SEGMENTS) == "[00:00:00] Ever tried.\n\n[01:01:01] Fail --> better.\n"
 
 
-def test_write_outputs_publishes_four_files_and_no_temp_files(tmp_path: Path) -> None:
-    """All four outputs appear, the json carries metadata and segments, and no temp file stays."""
+def test_write_outputs_publishes_five_files_and_no_temp_files(tmp_path: Path) -> None:
+    """All five outputs appear, the json carries metadata and segments, and no temp file stays."""
     paths = write_outputs(tmp_path, "hearing", SEGMENTS, {"source": "hearing.mp3"})
-    assert sorted(p.name for p in paths) == ["hearing.json", "hearing.srt", "hearing.txt", "hearing.vtt"]
+    assert sorted(p.name for p in paths) == ["hearing.docx", "hearing.json", "hearing.srt", "hearing.txt", "hearing.vtt"]
     document = json.loads((tmp_path / "hearing.json").read_text())
     assert document["source"] == "hearing.mp3"
     assert document["segments"][1] == {"start": 3661.001, "end": 3662.5, "text": "Fail --> better."}

@@ -32,6 +32,7 @@ from transcribed import metrics
 from transcribed.atomic import remove_stale_temps
 from transcribed.boundary import DaemonDestination, quarantine, run_at_boundary
 from transcribed.config import Config
+from transcribed.diarize import prepare_speakers
 from transcribed.engines import Engine, gate_for, open_engine
 from transcribed.errors import ConfigError
 from transcribed.intake import Claimer, Watcher, serve_intake, watch_with_watchfiles
@@ -203,6 +204,7 @@ async def _serve_owned(
             decoder=decoder,
             free_space=edges.free_space,
             watched_folders=(folders["work"], folders["outbox"]),
+            known_speakers=await prepare_speakers(config, engine.traits.name),
         )
         daemon = Daemon(
             services,

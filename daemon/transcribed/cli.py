@@ -27,6 +27,7 @@ from transcribed import failpoints, status
 from transcribed.app import EngineFactory, run_daemon
 from transcribed.boundary import JobReport, OneShotDestination, run_at_boundary
 from transcribed.config import Config, KeySpec, key_specs, load_config
+from transcribed.diarize import prepare_speakers
 from transcribed.engines import gate_for, open_engine
 from transcribed.errors import ConfigError, TranscribedError
 from transcribed.jobs import Services, source_key
@@ -195,6 +196,7 @@ async def transcribe_files(
                 stall_timeout=config.decode_stall_timeout,
                 limits=config.media_limits,
             ),
+            known_speakers=await prepare_speakers(config, engine.traits.name),
         )
         limiter = trio.CapacityLimiter(config.job_workers)
 

@@ -293,6 +293,22 @@ class Config:
     log_level: str = _key(
         "lowest level logged", "info", choices=("debug", "info", "warning", "error")
     )
+    # -- speakers (issue 12) --
+    speakers: str = _key(
+        "label who speaks when, on this machine: auto (for the embedded engine), on, or off",
+        "auto",
+        choices=("auto", "on", "off"),
+    )
+    speakers_dir: Path | None = _key(
+        "folder of reference clips (NAME.wav, 2-30 s of one person each) that name known speakers",
+        None,
+    )
+    outputs: tuple[str, ...] = _key(
+        "which transcript files to write, of txt, srt, vtt, json and docx",
+        ("txt", "srt", "vtt", "json", "docx"),
+        choices=("txt", "srt", "vtt", "json", "docx"),
+    )
+    # -- end speakers --
     embedded: EmbeddedConfig = field(default_factory=EmbeddedConfig)
     openai: OpenAIConfig = field(default_factory=OpenAIConfig)
     web: WebConfig = field(default_factory=WebConfig)  # issue 10
@@ -438,7 +454,14 @@ def _convert(spec: KeySpec, raw: Any, source: str) -> Any:
         ) from None
     if spec.type is float and not math.isfinite(value):
         raise ConfigError(f"{where}: {shown(raw)} is not a finite number")
-    if spec.choices is not None and value not in spec.choices:
+    if spec.choices is not None and isinstance(value, tuple):
+        for item in value:
+            if item not in spec.choices:
+                raise ConfigError(
+                    f"{where}: {item!r} is not one of {', '.join(spec.choices)}",
+                    hint=f"{spec.dotted}: {spec.help}",
+                )
+    elif spec.choices is not None and value not in spec.choices:
         raise ConfigError(
             f"{where}: {shown(value)} is not one of {', '.join(spec.choices)}",
             hint=f"{spec.dotted}: {spec.help}",

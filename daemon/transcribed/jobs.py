@@ -19,10 +19,12 @@ from __future__ import annotations
 
 import dataclasses
 import errno
+import functools
 import os
 import shutil
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 
 import structlog
@@ -31,6 +33,7 @@ import trio
 from transcribed import metrics
 from transcribed.config import Config
 from transcribed.cutting import Piece, PieceCutter
+from transcribed.diarize import KnownSpeakers, label_speakers, speakers_wanted
 from transcribed.engines.base import Engine, EngineTraits, PieceResult, PreparedPiece, Segment
 from transcribed.errors import (
     JobInterrupted,
@@ -89,6 +92,8 @@ class Services:
     # with JobInterrupted (they resume at the next start).
     draining: trio.Event = field(default_factory=trio.Event)
     health: ServiceHealth = field(default_factory=ServiceHealth)
+    # voiceprints of the reference clips that name known speakers, made once at start
+    known_speakers: KnownSpeakers = field(default_factory=KnownSpeakers)
     # Free bytes on the filesystem holding a folder (injected so tests can fill the disk).
     free_space: Callable[[Path], int] = field(default=lambda path: shutil.disk_usage(path).free)
     # Where the job writes (journal and outputs); empty for the one-shot command's temp dirs.
@@ -499,14 +504,29 @@ def merge(job: Job, scheduler: PieceScheduler) -> list[Segment]:
         )
     elif job.info is not None:
         job.warnings.extend(w for w in [job.info.length_warning(seconds)] if w)
-    if not segments:
-        job.warnings.append(
-            "no speech was found in the recording (a dead microphone, or only room tone?)"
-        )
-    return segments
+    return segments  # (a transcript without speech is said so by write_outputs)
 
 
-async def publish(job: Job, segments: list[Segment], seconds: float) -> list[Path]:
+async def label(
+    job: Job, segments: list[Segment]
+) -> tuple[list[Segment], list[dict[str, object]] | None]:
+    """Who spoke when: a local diarization pass over the source labels the merged segments
+    (when the configuration wants speakers for this engine); else the segments as they are."""
+    config = job.config
+    if not speakers_wanted(config, job.services.traits.name):
+        return segments, None
+    labelled, speakers = await label_speakers(
+        config, job.services.known_speakers, job.source, segments
+    )
+    return labelled, speakers
+
+
+async def publish(
+    job: Job,
+    segments: list[Segment],
+    seconds: float,
+    speakers: list[dict[str, object]] | None = None,
+) -> list[Path]:
     """Write the outputs, only if the source is still the file that was transcribed. A source
     that decoded well short of its header's claim may be a copy that stalled past the settle
     time: it must stay unchanged a while longer (STALL_GRACE settle intervals) first."""
@@ -524,11 +544,16 @@ async def publish(job: Job, segments: list[Segment], seconds: float) -> list[Pat
         "audio_seconds": round(seconds, 3),
         "warnings": job.warnings,
     }
+    if speakers is not None:
+        metadata["speakers"] = speakers
+    # the .docx title block's date: the recording file's (not the job's: resumes stay identical)
+    recorded = datetime.fromtimestamp(job.source.stat().st_mtime, UTC).date().isoformat()
     await wait_for_disk(job)
     try:
         rules = SubtitleRules(**dataclasses.asdict(job.config.subtitles))
+        write = functools.partial(write_outputs, date=recorded, formats=job.config.outputs)
         return await trio.to_thread.run_sync(
-            write_outputs, job.output_dir, job.record.stem, segments, metadata, rules
+            write, job.output_dir, job.record.stem, segments, metadata, rules
         )
     except OSError as exc:
         raise folder_fault(exc, f"write the transcript into {job.output_dir}") from exc
@@ -548,9 +573,9 @@ async def run_job(job: Job) -> JobOutcome:
         raise folder_fault(exc, f"write the job's journal in {journal.folder}") from exc
     scheduler = PieceScheduler(job, limits, done)
     await scheduler.run()
-    segments = merge(job, scheduler)
+    segments, speakers = await label(job, merge(job, scheduler))
     seconds = scheduler.samples / SAMPLE_RATE
-    outputs = await publish(job, segments, seconds)
+    outputs = await publish(job, segments, seconds, speakers)
     return JobOutcome(
         pieces=len(scheduler.results),
         pieces_reused=scheduler.reused,

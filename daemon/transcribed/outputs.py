@@ -1,23 +1,26 @@
-"""Transcript writers (txt, srt, vtt, json), each file published atomically in the outbox.
+"""Transcript writers (txt, srt, vtt, json; docx in docx_output.py), each file published
+atomically in the outbox.
 
 .srt and .vtt show the same cues (subtitles.make_cues); .json keeps the full segments (with word
 times and speakers where there are any); .txt is paragraphs for reading, each opening with its
-time `[hh:mm:ss]` (and the speaker, when one is known).
+time `[hh:mm:ss]` (and the speaker, when one is known); .docx is a document to file, one
+paragraph per speaker turn. Config `outputs` chooses which are written.
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from pathlib import Path
 from typing import Any
 
-from transcribed.atomic import atomic_write_text
+from transcribed.atomic import atomic_write_bytes, atomic_write_text
+from transcribed.docx_output import render_docx
 from transcribed.engines.base import Segment
 from transcribed.failpoints import failpoint
 from transcribed.subtitles import Cue, SubtitleRules, TimedWord, make_cues, timed_words
 
-OUTPUT_SUFFIXES = (".txt", ".srt", ".vtt", ".json")
+OUTPUT_SUFFIXES = (".txt", ".srt", ".vtt", ".docx", ".json")
 NO_SPEECH_WARNING = (
     "no speech was found in this recording: check the microphone, the recording's level, "
     "or the audio track"
@@ -122,21 +125,32 @@ def write_outputs(
     segments: list[Segment],
     metadata: dict[str, Any],
     rules: SubtitleRules | None = None,
+    *,
+    date: str = "",
+    formats: Collection[str] = ("txt", "srt", "vtt", "json", "docx"),
 ) -> list[Path]:
-    """Write all four transcripts; the .json goes last, so its presence means all are there.
-    A transcript without any speech says so in the .json's warnings."""
+    """Write the chosen transcripts (config `outputs`; default all five); the .json goes last,
+    so its presence means all are there. A transcript without any speech says so in the
+    .json's warnings. `date` is the .docx title block's."""
     if not any(s.text.strip() for s in segments):
         warnings = list(metadata.get("warnings") or [])
         if NO_SPEECH_WARNING not in warnings:
             metadata = {**metadata, "warnings": [*warnings, NO_SPEECH_WARNING]}
     cues = make_cues(segments, rules)
     paths = output_paths(folder, stem)
-    atomic_write_text(paths[".txt"], render_txt(segments))
+    if "txt" in formats:
+        atomic_write_text(paths[".txt"], render_txt(segments))
     failpoint("outputs.txt_written")
-    atomic_write_text(paths[".srt"], render_srt(cues))
+    if "srt" in formats:
+        atomic_write_text(paths[".srt"], render_srt(cues))
     failpoint("outputs.srt_written")
-    atomic_write_text(paths[".vtt"], render_vtt(cues))
+    if "vtt" in formats:
+        atomic_write_text(paths[".vtt"], render_vtt(cues))
     failpoint("outputs.vtt_written")
-    atomic_write_text(paths[".json"], render_json(segments, metadata))
+    if "docx" in formats:
+        docx = render_docx(segments, metadata, date=date, speakers=metadata.get("speakers", ()))
+        atomic_write_bytes(paths[".docx"], docx)
+    if "json" in formats:
+        atomic_write_text(paths[".json"], render_json(segments, metadata))
     failpoint("outputs.json_written")
-    return list(paths.values())
+    return [path for suffix, path in paths.items() if suffix[1:] in formats]

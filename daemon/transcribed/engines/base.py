@@ -21,12 +21,20 @@ class Word:
     start: float
     end: float
     text: str
+    speaker: str | None = None
 
     def shifted(self, offset: float) -> Word:
         return Word(start=self.start + offset, end=self.end + offset, text=self.text)
 
     def as_dict(self) -> dict[str, Any]:
-        return {"start": round(self.start, 3), "end": round(self.end, 3), "text": self.text}
+        data: dict[str, Any] = {
+            "start": round(self.start, 3),
+            "end": round(self.end, 3),
+            "text": self.text,
+        }
+        if self.speaker is not None:
+            data["speaker"] = self.speaker
+        return data
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Word:

@@ -26,6 +26,12 @@ def words(text: str) -> list[str]:
     return re.sub(r"[^a-z' ]", " ", text.lower()).split()
 
 
+def spoken_text(transcript: Path) -> str:
+    """A .txt transcript's words, without each paragraph's `[hh:mm:ss] Speaker N:` opening."""
+    opening = re.compile(r"^\[\d\d:\d\d:\d\d\]( [^:\n]+:)? ?", re.MULTILINE)
+    return opening.sub("", transcript.read_text())
+
+
 def word_error_rate(reference: str, hypothesis: str) -> float:
     ref, hyp = words(reference), words(hypothesis)
     previous = list(range(len(hyp) + 1))
@@ -73,7 +79,7 @@ def test_the_daemon_process_transcribes_real_speech_and_stops_cleanly_on_sigterm
             process.kill()
         log.close()
 
-    beckett = (root / "outbox" / "beckett.txt").read_text()
+    beckett = spoken_text(root / "outbox" / "beckett.txt")
     assert word_error_rate(BECKETT_TEXT, beckett) <= 0.1, beckett
     document = json.loads((root / "outbox" / "two_cities.json").read_text())
     assert "best of times" in document["text"].lower() and "superlative degree" in document["text"].lower()
@@ -110,5 +116,5 @@ def test_the_one_shot_command_writes_outputs_and_leaves_the_source(tmp_path: Pat
     assert "broken.mp3" in result.stderr and "not a recording" in result.stderr
     assert source.exists()
     assert sorted(os.listdir(tmp_path / "out")) == ["beckett.docx", "beckett.json", "beckett.srt", "beckett.txt", "beckett.vtt"]
-    assert word_error_rate(BECKETT_TEXT, (tmp_path / "out" / "beckett.txt").read_text()) <= 0.1
+    assert word_error_rate(BECKETT_TEXT, spoken_text(tmp_path / "out" / "beckett.txt")) <= 0.1
     shutil.rmtree(tmp_path / "out")

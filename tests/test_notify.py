@@ -105,7 +105,7 @@ def test_each_concluded_job_is_told_once_to_the_command_and_the_webhook_without_
     summaries = {json.loads(p.read_text())["source"]: json.loads(p.read_text()) for p in told.glob("*.json") if not p.name.endswith(".env.json")}
     done, failed = summaries["hearing.mp3"], summaries["notes.mp3"]
     assert done["outcome"] == "done" and done["error"] is None and done["reason"] is None
-    assert [Path(p).name for p in done["outputs"]] == ["hearing.txt", "hearing.srt", "hearing.vtt", "hearing.json"]
+    assert [Path(p).name for p in done["outputs"]] == ["hearing.txt", "hearing.srt", "hearing.vtt", "hearing.docx", "hearing.json"]
     assert all(Path(p).is_file() for p in done["outputs"])
     assert 44 < done["audio_seconds"] < 45 and done["cost"] > 0 and done["seconds"] > 0 and done["finished_at"]
     assert failed["outcome"] == "failed" and failed["outputs"] == [] and failed["error"] == "not_media"

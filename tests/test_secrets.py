@@ -67,7 +67,8 @@ def test_a_canary_key_is_found_nowhere_it_must_not_be(tmp_path: Path) -> None:
             daemon = subprocess.Popen(
                 [sys.executable, "-m", "transcribed", "run", "--root", str(root), "--engine", "openai",
                  "--openai-base-url", url, "--openai-piece-target-seconds", "5", "--openai-piece-max-seconds", "10",
-                 "--settle-interval", "0.2", "--log-format", "json", "--min-free-space-mb", "0", "--log-level", "debug"],
+                 "--settle-interval", "0.2", "--log-format", "json", "--min-free-space-mb", "0", "--log-level", "debug",
+                 "--drain-timeout", "2"],
                 env=env, stdin=subprocess.DEVNULL, stdout=handle, stderr=handle,
             )  # fmt: skip
         stop = threading.Event()
@@ -94,7 +95,9 @@ def test_a_canary_key_is_found_nowhere_it_must_not_be(tmp_path: Path) -> None:
         urllib.request.urlopen(control, timeout=10).read()
         make_media(root / "inbox" / ".refused.mp3", BECKETT)
         os.rename(root / "inbox" / ".refused.mp3", root / "inbox" / "refused.mp3")
-        while not (root / "failed" / "refused.error.json").exists():
+        progress = root / "outbox" / "refused.progress.json"
+        # a refused key is the service's fault: the job waits (reason key), it does not fail
+        while not progress.exists() or not (json.loads(progress.read_text()).get("waiting_reason") or "").startswith("key: "):
             assert time.monotonic() < wait and daemon.poll() is None, log.read_text()[-2000:]
             time.sleep(0.1)
         time.sleep(0.5)
@@ -107,8 +110,9 @@ def test_a_canary_key_is_found_nowhere_it_must_not_be(tmp_path: Path) -> None:
             if process is not None and process.poll() is None:
                 process.kill()
 
-    refused = json.loads((root / "failed" / "refused.error.json").read_text())
-    assert refused["error"] == "permanent" and "refused" in refused["reason"].lower()
+    refused = json.loads((root / "outbox" / "refused.progress.json").read_text())
+    assert refused["state"] == "waiting" and "refused" in refused["waiting_reason"].lower()
+    assert not (root / "failed" / "refused.error.json").exists()
     assert child_views, "no child process was seen"
     assert not any(leaks(view.encode(), key) for view in child_views)
     written = [path for path in root.rglob("*") if path.is_file()] + [log]

@@ -111,7 +111,7 @@ def test_the_page_shows_a_running_job_the_queue_and_problems_live_then_the_trans
     assert claimed[1] == "queued (claimed; waits for a free worker)"
     assert waiting[2] == "queued for a free worker" and waiting[1].endswith("KB")
     assert {claimed[0], waiting[0]} < {"second.mp3", "third.mp3", "fourth.mp3"}
-    assert links == 4
+    assert links == 5  # txt srt vtt docx json
     status_code, text, title = fetched
     transcript = root / "outbox" / title
     assert status_code == 200 and text == transcript.read_text("utf-8") and text.strip()

@@ -366,7 +366,9 @@ class _JobRun:
             "job.interrupted", seconds=self._seconds(), pieces_done=self.progress.pieces_done,
             source=self.record.display_name,
         )  # fmt: skip
-        await self.services.board.wait_written(self.progress)
+        # Written now, not by the writer task: when the whole daemon is being cancelled (a
+        # second signal) that task is gone, and waiting for it would hold the stop.
+        self.services.board.flush()  # a few small files, atomically
 
     async def _conclude(self) -> None:
         await self.destination.conclude(self.services, self.journal, self.record, self.progress)

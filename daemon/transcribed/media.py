@@ -399,6 +399,12 @@ async def open_pcm_stream(
                     process.kill()
                 with trio.move_on_after(5, shield=True):
                     await process.wait()
+    except BaseExceptionGroup as group:
+        # The caller's own error (a DecodeError from the stream, a file too long) came back
+        # wrapped by this helper's nursery: hand it back as it was raised.
+        if len(group.exceptions) == 1:
+            raise group.exceptions[0] from None
+        raise
     finally:
         if process.returncode is None:
             process.kill()

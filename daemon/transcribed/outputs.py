@@ -9,6 +9,9 @@ paragraph per speaker turn. Config `outputs` chooses which are written.
 
 from __future__ import annotations
 
+import concurrent.futures
+import ctypes
+import ctypes.util
 import json
 from collections.abc import Collection, Sequence
 from pathlib import Path
@@ -21,6 +24,27 @@ from transcribed.failpoints import failpoint
 from transcribed.subtitles import Cue, SubtitleRules, TimedWord, make_cues, timed_words
 
 OUTPUT_SUFFIXES = (".txt", ".srt", ".vtt", ".docx", ".json")
+# python-docx's transient allocations are large (tens of MiB a document); rendered in whatever
+# worker thread wrote the outputs, each thread's malloc arena kept its own copy (measured: RSS
+# +120 MiB over 100 documents from 4 threads, against a flat +0 from one). One thread renders
+# every .docx, so the memory is paid once.
+_DOCX_THREAD = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="docx")
+# glibc's malloc_trim, where there is one (Debian); elsewhere nothing is trimmed
+_MALLOC_TRIM = getattr(
+    ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6"), "malloc_trim", None
+)
+
+
+def _render_docx_and_trim(
+    segments: list[Segment], metadata: dict[str, Any], date: str, speakers: Any
+) -> bytes:
+    try:
+        return render_docx(segments, metadata, date=date, speakers=speakers)
+    finally:
+        if _MALLOC_TRIM is not None:
+            _MALLOC_TRIM(0)  # hand lxml's freed pages back (glibc keeps them otherwise)
+
+
 NO_SPEECH_WARNING = (
     "no speech was found in this recording: check the microphone, the recording's level, "
     "or the audio track"
@@ -148,7 +172,9 @@ def write_outputs(
         atomic_write_text(paths[".vtt"], render_vtt(cues))
     failpoint("outputs.vtt_written")
     if "docx" in formats:
-        docx = render_docx(segments, metadata, date=date, speakers=metadata.get("speakers", ()))
+        docx = _DOCX_THREAD.submit(
+            _render_docx_and_trim, segments, metadata, date, metadata.get("speakers", ())
+        ).result()
         atomic_write_bytes(paths[".docx"], docx)
     if "json" in formats:
         atomic_write_text(paths[".json"], render_json(segments, metadata))

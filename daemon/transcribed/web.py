@@ -68,6 +68,7 @@ TRANSCRIPT_TYPES = {
     ".srt": "text/plain; charset=utf-8",
     ".vtt": "text/vtt; charset=utf-8",
     ".json": "application/json",
+    ".docx": "application/vnd.openxmlformats-officedocument.wordprocessingml.document",
 }
 COMMON_HEADERS = [
     ("cache-control", "no-store"),
@@ -316,7 +317,9 @@ class StatusSite:
         body = await trio.to_thread.run_sync(self.read_transcript, name)
         if body is None:
             return _text(404, "not found\n")
-        disposition = "inline; filename*=UTF-8''" + _rfc5987(name)
+        # a document downloads; the text formats show in the browser
+        how = "attachment" if suffix == ".docx" else "inline"
+        disposition = f"{how}; filename*=UTF-8''" + _rfc5987(name)
         return Reply(
             status=200,
             body=body,

@@ -35,6 +35,7 @@ from transcribed.engines.base import Segment
 from transcribed.errors import ConfigError, JobError
 from transcribed.media import MediaLimits, child_environment, open_pcm_stream
 from transcribed.speakers import SpeakerTurn, assign_speakers, talk_times
+from transcribed.workers import LineReader
 
 logger = structlog.get_logger()
 
@@ -63,22 +64,6 @@ class Diarization:
     peak_rss_mib: float  # of the worker
 
 
-class _LineReader:
-    def __init__(self, stream: trio.abc.ReceiveStream) -> None:
-        self._stream = stream
-        self._buffer = bytearray()
-
-    async def read_line(self) -> bytes:
-        while b"\n" not in self._buffer:
-            chunk = await self._stream.receive_some(65536)
-            if not chunk:
-                raise EOFError
-            self._buffer.extend(chunk)
-        line, _, rest = bytes(self._buffer).partition(b"\n")
-        self._buffer = bytearray(rest)
-        return line
-
-
 class DiarizeWorker:
     """One diarization worker process and its pipes (see diarize_worker.py for the protocol)."""
 
@@ -86,7 +71,7 @@ class DiarizeWorker:
         assert process.stdin is not None and process.stdout is not None
         self.process = process
         self._stdin = process.stdin
-        self._lines = _LineReader(process.stdout)
+        self._lines = LineReader(process.stdout)
 
     async def _message(self) -> dict[str, Any]:
         try:

@@ -22,26 +22,12 @@ import resource
 import sys
 import time
 from pathlib import Path
-from typing import Any, BinaryIO
 
 import numpy as np
 
+from transcribed.workers import read_exact, reply
+
 NAME_THRESHOLD = 0.5  # cosine similarity a speaker's centroid needs to take a reference's name
-
-
-def _reply(out: BinaryIO, message: dict[str, Any]) -> None:
-    out.write(json.dumps(message).encode() + b"\n")
-    out.flush()
-
-
-def _read_exact(stream: BinaryIO, size: int) -> bytes | None:
-    data = bytearray()
-    while len(data) < size:
-        chunk = stream.read(min(size - len(data), 1 << 20))
-        if not chunk:
-            return None
-        data.extend(chunk)
-    return bytes(data)
 
 
 def name_speakers(
@@ -85,9 +71,9 @@ def main(argv: list[str]) -> int:
 
         models = SpeakerModels(Path(argv[1]))
     except Exception as exc:
-        _reply(stdout, {"error": f"could not load the speaker models from {argv[1:]}: {exc}"})
+        reply(stdout, {"error": f"could not load the speaker models from {argv[1:]}: {exc}"})
         return 1
-    _reply(stdout, {"ready": True})
+    reply(stdout, {"ready": True})
     diarizer = Diarizer(models)
     names: list[str] = []
     voiceprints = np.zeros((0, 256), np.float32)
@@ -98,7 +84,7 @@ def main(argv: list[str]) -> int:
         request = json.loads(line)
         op = request["op"]
         if op in ("audio", "voiceprint"):
-            payload = _read_exact(stdin, int(request["samples"]) * 2)
+            payload = read_exact(stdin, int(request["samples"]) * 2)
             if payload is None:
                 return 0
             samples = np.frombuffer(payload, dtype="<i2").astype(np.float32) / 32768.0
@@ -106,7 +92,7 @@ def main(argv: list[str]) -> int:
                 diarizer.feed(samples)
                 continue
             vector, speech = models.voiceprint(samples)
-            _reply(
+            reply(
                 stdout,
                 {"voiceprint": None if vector is None else vector.tolist(), "speech": speech},
             )
@@ -118,7 +104,7 @@ def main(argv: list[str]) -> int:
             order = list(dict.fromkeys(turn.speaker for turn in turns))
             labels = name_speakers(centroids, names, voiceprints, order)
             usage = resource.getrusage(resource.RUSAGE_SELF)
-            _reply(
+            reply(
                 stdout,
                 {
                     "turns": [[t.start, t.end, labels[t.speaker]] for t in turns],

@@ -30,6 +30,7 @@ from transcribed.errors import ConfigError, PermanentError, RetryableError
 from transcribed.media import child_environment
 from transcribed.planning import SAMPLE_RATE, PieceLimits
 from transcribed.retry import RetryPolicy
+from transcribed.workers import LineReader
 
 logger = structlog.get_logger()
 
@@ -65,22 +66,6 @@ def worker_count(config: EmbeddedConfig) -> int:
     return config.workers or max(1, len(os.sched_getaffinity(0)))
 
 
-class _LineReader:
-    def __init__(self, stream: trio.abc.ReceiveStream) -> None:
-        self._stream = stream
-        self._buffer = bytearray()
-
-    async def read_line(self) -> bytes:
-        while b"\n" not in self._buffer:
-            chunk = await self._stream.receive_some(1 << 16)
-            if not chunk:
-                raise EOFError
-            self._buffer.extend(chunk)
-        line, _, rest = bytes(self._buffer).partition(b"\n")
-        self._buffer = bytearray(rest)
-        return line
-
-
 class _Worker:
     """One worker process and its pipes."""
 
@@ -88,7 +73,7 @@ class _Worker:
         assert process.stdin is not None and process.stdout is not None
         self.process = process
         self._stdin = process.stdin
-        self._lines = _LineReader(process.stdout)
+        self._lines = LineReader(process.stdout)
 
     @classmethod
     async def start(cls, model_dir: Path) -> _Worker:

@@ -16,29 +16,14 @@ EOF on stdin ends the worker.
 from __future__ import annotations
 
 import ctypes
-import json
 import signal
 import sys
-from typing import Any, BinaryIO
+from typing import Any
 
 import numpy as np
 
 from transcribed.planning import SAMPLE_RATE
-
-
-def _reply(out: BinaryIO, message: dict[str, Any]) -> None:
-    out.write(json.dumps(message).encode() + b"\n")
-    out.flush()
-
-
-def _read_exact(stream: BinaryIO, size: int) -> bytes | None:
-    data = bytearray()
-    while len(data) < size:
-        chunk = stream.read(size - len(data))
-        if not chunk:
-            return None
-        data.extend(chunk)
-    return bytes(data)
+from transcribed.workers import read_exact, reply
 
 
 def _transcribe(transcriber: Any, audio: np.ndarray) -> list[list[Any]]:
@@ -81,23 +66,23 @@ def main(argv: list[str]) -> int:
 
         transcriber = Transcriber(argv[1], ModelArch.BASE)
     except Exception as exc:
-        _reply(stdout, {"error": f"could not load the Moonshine model from {argv[1:]}: {exc}"})
+        reply(stdout, {"error": f"could not load the Moonshine model from {argv[1:]}: {exc}"})
         return 1
-    _reply(stdout, {"ready": True})
+    reply(stdout, {"ready": True})
     while True:
-        header = _read_exact(stdin, 8)
+        header = read_exact(stdin, 8)
         if header is None:
             return 0
         count = int.from_bytes(header, "little")
-        payload = _read_exact(stdin, count * 2)
+        payload = read_exact(stdin, count * 2)
         if payload is None:
             return 0
         try:
             lines = _transcribe(transcriber, np.frombuffer(payload, dtype="<i2"))
         except Exception as exc:
-            _reply(stdout, {"error": f"{type(exc).__name__}: {exc}"})
+            reply(stdout, {"error": f"{type(exc).__name__}: {exc}"})
             continue
-        _reply(stdout, {"lines": lines})
+        reply(stdout, {"lines": lines})
 
 
 if __name__ == "__main__":

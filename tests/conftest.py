@@ -105,14 +105,16 @@ class FakeEngine:
     `fail` maps a call number (1-based) to an exception raised instead of answering.
     """
 
-    def __init__(self, *, capacity: int = 2, limits: PieceLimits | None = None, retry: RetryPolicy | None = None) -> None:
+    def __init__(self, *, capacity: int = 2, limits: PieceLimits | None = None, retry: RetryPolicy | None = None, price_per_minute: float = 0.0) -> None:
         self.traits = EngineTraits(
             name="fake",
             model="fake-1",
             limits=limits or PieceLimits(target_seconds=6, max_seconds=10),
             capacity=capacity,
             retry=retry or RetryPolicy(max_attempts=3),
+            price_per_minute=price_per_minute,
         )
+        self.seconds_sent = 0.0  # audio seconds of every call (what a priced engine bills)
         self.calls = 0
         self.pieces_seen: list[int] = []
         self.fail: dict[int, Exception] = {}
@@ -129,6 +131,7 @@ class FakeEngine:
         assert piece.audio is not None
         audio = piece.audio
         self.calls += 1
+        self.seconds_sent += len(audio) / SAMPLE_RATE
         call = self.calls
         self.started_at.append(trio.current_time())
         if self.raising is not None:
@@ -143,7 +146,7 @@ class FakeEngine:
         self.pieces_seen.append(len(audio))
         self.answered_at.append(trio.current_time())
         loud = float(np.sqrt(np.mean(audio.astype(np.float64) ** 2)))
-        return PieceResult(segments=[Segment(start=0.0, end=seconds, text=f"piece of {len(audio)} samples rms {loud:.0f}")])
+        return PieceResult(segments=[Segment(start=0.0, end=seconds, text=f"piece of {len(audio)} samples rms {loud:.0f}")], cost=self.traits.cost(seconds))
 
 
 @pytest.fixture
@@ -154,8 +157,9 @@ def fake_engine() -> FakeEngine:
 class SyntheticDecoder:
     """The media edge without ffmpeg, for virtual-time tests: a file holding `seconds=N` is a
     recording of N seconds (speech-like noise bursts and pauses over a faint floor, the same
-    every time); anything else is not media. Blocks of one second come out with a checkpoint
-    between them, so the decoder never holds the event loop."""
+    every time); anything else is not media. `seconds=N claims=M` is one whose header claims M
+    seconds (a header that lies). Blocks of one second come out with a checkpoint between them,
+    so the decoder never holds the event loop."""
 
     def __init__(self) -> None:
         self.opened = 0
@@ -169,7 +173,9 @@ class SyntheticDecoder:
 
     async def probe(self, path: Path) -> ProbeResult:
         await trio.lowlevel.checkpoint()
-        return ProbeResult(format_name="synthetic", claimed_duration=self._seconds(path), audio_streams=1, audio_codec="pcm")
+        claims = path.read_bytes()[:64].decode("ascii", "replace").partition("claims=")[2].split()
+        claimed = float(claims[0]) if claims else self._seconds(path)
+        return ProbeResult(format_name="synthetic", claimed_duration=claimed, audio_streams=1, audio_codec="pcm")
 
     @asynccontextmanager
     async def open_pcm(self, path: Path, *, audio_track: int = 0) -> AsyncIterator[AsyncIterator[np.ndarray]]:
@@ -190,9 +196,9 @@ class SyntheticDecoder:
         yield blocks()
 
 
-def synthetic_recording(path: Path, seconds: float) -> Path:
+def synthetic_recording(path: Path, seconds: float, *, claims: float | None = None) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(f"seconds={seconds}\n")
+    path.write_text(f"seconds={seconds}" + ("" if claims is None else f" claims={claims}") + "\n")
     return path
 
 

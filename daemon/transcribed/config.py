@@ -161,7 +161,10 @@ class OpenAIConfig:
         min=0.0,
     )
     max_cost_per_file: float = _key(
-        "refuse a recording whose estimated cost is above this many US dollars", 5.0, min=0.0
+        "the most one recording may cost, in US dollars, kept on the decoded audio as it "
+        "streams (a file over it ends too_expensive having spent at most this); 0: no cap",
+        5.0,
+        min=0.0,
     )
 
 

@@ -1,8 +1,8 @@
 """One job's pipeline, from a claimed source to published transcripts, as named steps.
 
     validate        the source is still what was claimed, not empty, readable, media with audio
-    check_cost      (an engine that costs money) decode once to count the real duration, refuse
-                    a file over the cap before anything is spent
+    check_claims    a header that claims too long or too costly a recording: count the real
+                    samples first and refuse it before anything is spent (no pass otherwise)
     PieceScheduler  decode once, plan and cut as the audio streams by, reuse journaled pieces,
                     skip silent ones, transcribe the rest concurrently through the shared gate
                     with a bounded look-ahead, journal each; stop cutting when the daemon drains
@@ -270,11 +270,42 @@ def too_long(limit: float) -> RejectedFileError:
     )
 
 
-async def check_cost(job: Job) -> None:
-    """Before any spend: decode once to count the real samples (never the header's claim),
-    publish the estimated cost, and refuse the file if it is over the cap."""
-    traits, config = job.services.traits, job.config
-    if traits.price_per_minute <= 0:  # an engine that costs nothing does not pay for this pass
+def cost_cap(job: Job) -> float:
+    """The most this job may spend, in US dollars: infinite for an engine that costs nothing or
+    with the cap switched off (openai.max_cost_per_file = 0)."""
+    cap = job.config.openai.max_cost_per_file
+    return cap if job.services.traits.price_per_minute > 0 and cap > 0 else float("inf")
+
+
+def too_expensive(job: Job, seconds: float, *, spent: float | None = None) -> RejectedFileError:
+    cap = job.config.openai.max_cost_per_file
+    estimate = job.services.traits.cost(seconds)
+    paid = (
+        "nothing was sent" if not spent else f"it stopped there, having spent at most ${spent:.4f}"
+    )
+    return RejectedFileError(
+        f"transcribing {'these' if spent is None else 'more than'} {seconds / 60:.1f} minutes "
+        f"would cost {'about' if spent is None else 'over'} ${estimate:.2f}, over the limit of "
+        f"${cap:.2f} per file; {paid}",
+        hint="raise openai.max_cost_per_file, or split the recording",
+        code="too_expensive",
+    )
+
+
+async def check_claims(job: Job) -> None:
+    """No pre-pass: spending starts with the first piece, and the cost cap and the length limit
+    are kept on the decoded audio as it streams (PieceScheduler). Only when the header itself
+    claims too much is the audio counted first (nothing is spent on that), so that a file whose
+    header overstates its length is not refused for it, and one that is too long or too
+    expensive is refused before a cent goes out."""
+    config, traits = job.config, job.services.traits
+    claimed = job.info.claimed_duration if job.info is not None else None
+    if claimed is None or claimed <= 0:
+        return
+    job.update(estimated_cost=traits.cost(claimed))
+    if traits.price_per_minute <= 0:
+        return  # a free engine loses nothing by finding out as it streams
+    if claimed <= config.max_audio_seconds and traits.cost(claimed) <= cost_cap(job):
         return
     samples = 0
     try:
@@ -282,20 +313,13 @@ async def check_cost(job: Job) -> None:
             async for block in blocks:
                 samples += len(block)
     except DecodeError as exc:
-        samples = exc.samples  # what decodes is what will be sent; the main pass reports damage
+        samples = exc.samples  # what decodes is what would be sent; the main pass reports damage
     seconds = samples / SAMPLE_RATE
     if seconds > config.max_audio_seconds:
         raise too_long(config.max_audio_seconds)
-    estimate = traits.cost(seconds)
-    job.update(estimated_cost=estimate, audio_seconds_total=seconds)
-    cap = config.openai.max_cost_per_file
-    if estimate > cap:
-        raise RejectedFileError(
-            f"transcribing these {seconds / 60:.1f} minutes would cost about ${estimate:.2f}, "
-            f"over the limit of ${cap:.2f} per file",
-            hint="raise openai.max_cost_per_file, or split the recording",
-            code="too_expensive",
-        )
+    job.update(estimated_cost=traits.cost(seconds), audio_seconds_total=seconds)
+    if traits.cost(seconds) > cost_cap(job):
+        raise too_expensive(job, seconds)
 
 
 class PieceScheduler:
@@ -305,6 +329,11 @@ class PieceScheduler:
     few pieces however long the recording. A piece's failure is kept and cancels the rest; `run`
     raises that one error. Once the daemon drains, no new piece is started, those in flight
     finish, and `run` raises JobInterrupted.
+
+    The cost cap holds on the decoded audio, not on the header's claim: the moment the audio
+    decoded so far would cost more than the cap, or the next piece would take what is committed
+    (sent and reused pieces) past it, nothing more is sent and the file ends too_expensive,
+    having spent at most the cap (retries a server billed aside).
     """
 
     def __init__(
@@ -317,6 +346,8 @@ class PieceScheduler:
         self.reused = 0
         self.silent = 0
         self.samples = 0
+        self.cap = cost_cap(job)
+        self.committed = 0.0  # the cost of every piece sent or reused so far
         self._lookahead = trio.Semaphore(job.services.traits.capacity + 1)
         self._failure: Exception | None = None
         self._interrupted = False
@@ -331,6 +362,12 @@ class PieceScheduler:
             raise self._failure
         if self._interrupted:
             raise JobInterrupted("the daemon is stopping; finished pieces are journaled")
+
+    def _check_cap(self, samples: int) -> None:
+        """too_expensive once the audio decoded so far would cost more than the cap."""
+        seconds = samples / SAMPLE_RATE
+        if self.job.services.traits.cost(seconds) > self.cap:
+            raise too_expensive(self.job, seconds, spent=self.committed)
 
     def _fail(self, exc: Exception, scope: trio.CancelScope) -> None:
         if self._failure is None:
@@ -352,6 +389,7 @@ class PieceScheduler:
                         return  # the pieces in flight finish; the nursery waits for them
                     if cutter.samples_seen > max_samples:
                         raise too_long(config.max_audio_seconds)
+                    self._check_cap(cutter.samples_seen)
         except DecodeError as exc:
             if cutter.samples_seen < config.min_audio_seconds * SAMPLE_RATE:
                 raise RejectedFileError(
@@ -372,7 +410,7 @@ class PieceScheduler:
                 hint="check the recording; it is empty or cut off",
                 code="too_short",
             )
-        job.update(audio_seconds_total=seconds)
+        job.update(audio_seconds_total=seconds, estimated_cost=job.services.traits.cost(seconds))
         for piece in cutter.finish():
             await self._take(piece, nursery)
         job.update(pieces_total=cutter.pieces_planned)
@@ -382,6 +420,7 @@ class PieceScheduler:
         transcribing it. Once the daemon is draining, the piece is left for the next start."""
         previous = self.done.get(piece.index)
         if previous is not None and previous[0] == piece.span:
+            self.committed += previous[1].cost
             self.reused += 1
             metrics.count_piece("reused")
             self._count(piece.span, previous[1])
@@ -394,6 +433,10 @@ class PieceScheduler:
             metrics.count_piece("silent")
             await self._finish(piece.span, PieceResult())
             return
+        cost = self.job.services.traits.cost(piece.span.seconds)
+        if self.committed + cost > self.cap:
+            raise too_expensive(self.job, piece.span.end / SAMPLE_RATE, spent=self.committed)
+        self.committed += cost
         await self._lookahead.acquire()
         if self.job.services.draining.is_set():
             self._lookahead.release()
@@ -562,7 +605,7 @@ async def publish(
 async def run_job(job: Job) -> JobOutcome:
     """Run one job to published outputs; raises the job's own error."""
     await validate(job)
-    await check_cost(job)
+    await check_claims(job)
     journal = job.journal
     try:
         job.record, limits = await trio.to_thread.run_sync(

@@ -18,8 +18,12 @@ It speaks HTTP/1.1 (h11 over Trio sockets) and behaves like `POST /v1/audio/tran
   body), reset (RST in the middle of the upload), close_after_body (the whole body read, then
   the connection closed without an answer), hang (the body read, no answer ever), slow (the
   answer comes `slow_seconds` late), quota (429 insufficient_quota), unauthorized (401 echoing
-  part of the key, as OpenAI does), bad_request (400). Faults come from a script (the next
-  requests, in order) or at random with a rate per kind (seeded);
+  part of the key, as OpenAI does), bad_request (400), billed_error (the whole service time,
+  billed, then a 500), bad_gateway / unavailable (a proxy's 502 / 503 at once). Faults come
+  from a script (the next requests, in order) or at random with a rate per kind (seeded); a
+  429 storm (`{"storm_seconds": N}` to /_control) refuses every request for N seconds;
+* spreads service times with a lognormal factor (`service_jitter`, mean 1) when asked, and
+  counts what it billed and when the first request came;
 * with a `corpus` (speech_corpus.Corpus, a recording whose every word time is known), locates
   each upload in it by cross-correlation and answers with the exact words whose centres fall
   in the piece, timed as the piece decodes: timed segments (to a sentence end or a 0.5 s
@@ -43,6 +47,7 @@ import math
 import random
 import socket
 import struct
+import time
 from collections import Counter, deque
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -72,7 +77,7 @@ MODEL_GONE = "whisper-1"
 EXTENSIONS = {"flac", "m4a", "mp3", "mp4", "mpeg", "mpga", "oga", "ogg", "wav", "webm"}
 FAULTS = (
     "rate_limit", "server_error", "reset", "close_after_body", "hang", "slow", "quota",
-    "unauthorized", "bad_request", "model_not_found",
+    "unauthorized", "bad_request", "model_not_found", "billed_error", "bad_gateway", "unavailable",
 )  # fmt: skip
 RETRYABLE_FAULTS = ("rate_limit", "server_error", "reset", "close_after_body", "hang", "slow")
 
@@ -93,6 +98,8 @@ class ServerSettings:
     seed: int = 1
     rate_limit_wait: float = 0.5  # what an injected 429 asks for
     slow_seconds: float = 2.0
+    # the service time's spread: a lognormal factor of this sigma with mean 1 (0: none)
+    service_jitter: float = 0.0
     # GET /v1/models: a listing of these models with these shutdown dates (None: no such route)
     shutdown_dates: dict[str, Any] | None = None
 
@@ -109,10 +116,16 @@ class ServerStats:
     max_in_flight: int = 0
     authorization: list[str | None] = field(default_factory=list)
     forms: list[dict[str, list[str]]] = field(default_factory=list)
+    first_request_at: float | None = None  # wall-clock time.time() of the first transcription request
+    billed_seconds: float = 0.0  # audio seconds the server worked on and billed (answers, billed errors)
+    billed_requests: int = 0
 
     def as_dict(self) -> dict[str, Any]:
         return {
             "requests": self.requests,
+            "first_request_at": self.first_request_at,
+            "billed_seconds": round(self.billed_seconds, 3),
+            "billed_requests": self.billed_requests,
             "bodies_received": dict(self.bodies_received),
             "answered": dict(self.answered),
             "limit_violations": self.limit_violations,
@@ -147,12 +160,14 @@ class FakeOpenAI:
         self._tokens: float | None = None
         self._refilled_at = 0.0
         self._request_number = 0
+        self._storm_until = -math.inf  # trio time until which every request gets a 429
 
     # -------------------------------------------------------------- control
 
     def reset(self) -> None:
         self.stats = ServerStats()
         self.script.clear()
+        self._storm_until = -math.inf
         self._random = random.Random(self.settings.seed)
         self._tokens = None
 
@@ -160,6 +175,8 @@ class FakeOpenAI:
         if changes.pop("reset", False):
             self.reset()
         self.script.extend(changes.pop("script", []))  # faults for the next requests, in order
+        if "storm_seconds" in changes:  # a 429 storm: every request refused for this long, from now
+            self._storm_until = trio.current_time() + float(changes.pop("storm_seconds"))
         for name, value in changes.items():
             if not hasattr(self.settings, name):
                 raise KeyError(name)
@@ -251,6 +268,8 @@ class FakeOpenAI:
             await self._send(stream, connection, 200, json.dumps(listing).encode(), {})
             return True
         self.stats.requests += 1
+        if self.stats.first_request_at is None:
+            self.stats.first_request_at = time.time()
         self.stats.in_flight += 1
         self.stats.max_in_flight = max(self.stats.max_in_flight, self.stats.in_flight)
         headers = {k.decode().lower(): v.decode() for k, v in request.headers}
@@ -342,6 +361,11 @@ class FakeOpenAI:
         if settings.max_concurrent and self.stats.in_flight > settings.max_concurrent:
             self.stats.limit_violations += 1
             raise _Reject(429, "Too many concurrent requests", type_="requests", code="rate_limit_exceeded", headers={"retry-after-ms": "500", "retry-after": "1", **self._limit_headers()})
+        storm = self._storm_until - trio.current_time()
+        if storm > 0:
+            self.stats.injected["storm"] += 1
+            wait = min(storm, 5.0)
+            raise _Reject(429, "Rate limit reached for requests.", type_="requests", code="rate_limit_exceeded", headers={"retry-after-ms": str(math.ceil(wait * 1000)), "retry-after": str(math.ceil(wait))})
         wait = self._take_token()
         if wait is not None:
             self.stats.limit_violations += 1
@@ -371,13 +395,23 @@ class FakeOpenAI:
         if fault == "server_error":
             status = 500 if self.stats.injected[fault] % 2 else 503
             raise _Reject(status, "The server had an error while processing your request. Sorry about that!", type_="server_error")
+        if fault in ("bad_gateway", "unavailable"):  # a proxy's refusal: the model never saw it
+            status = 502 if fault == "bad_gateway" else 503
+            raise _Reject(status, f"{status}: the upstream server is not available", type_="server_error")
         if fault == "bad_request":
             raise _Reject(400, "Audio file might be corrupted or unsupported", code="invalid_value", param="file")
         answer, seconds = await self._answer(form, upload)
         delay = settings.time_scale * (settings.service_base + settings.service_per_second * seconds)
+        if settings.service_jitter:
+            sigma = settings.service_jitter
+            delay *= self._random.lognormvariate(-sigma * sigma / 2, sigma)
         if fault == "slow":
             delay += settings.slow_seconds
         await trio.sleep(delay)
+        self.stats.billed_seconds += seconds
+        self.stats.billed_requests += 1
+        if fault == "billed_error":  # the work was done (and billed), then the answer was lost
+            raise _Reject(500, "The server had an error while processing your request. Sorry about that!", type_="server_error")
         self.stats.answered[digest] += 1
         return 200, json.dumps(answer).encode(), {"openai-processing-ms": str(round(delay * 1000)), **self._limit_headers()}
 

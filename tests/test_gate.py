@@ -251,3 +251,24 @@ async def test_an_unreachable_server_suspends_spending_instead_of_failing(autoju
     await call_with_retries(flaky, gate=gate, policy=policy, on_wait=lambda reason: waits.append((trio.current_time(), reason)), jitter=lambda: 0.0)
     assert flaky.times == [0, 1, 2, 102]
     assert [t for t, _ in waits] == [2, 102] and waits[0][1].startswith("unreachable")
+
+
+async def test_a_429_storm_uses_up_no_attempts(autojump_clock: trio.testing.MockClock) -> None:
+    """Twenty 429s in a row, each asking for 3 s, against max_attempts 3: a rate limit is the
+    server saying when to come back, not a failed attempt, so the piece is answered at 60 s."""
+    storm = [RetryableError("rate limited", retry_after=3, status=429) for _ in range(20)]
+    attempt = Flaky(*storm)
+    result = await call_with_retries(attempt, gate=Gate(max_concurrent=1), policy=RetryPolicy(max_attempts=3), jitter=lambda: 0.0)
+    assert result == "ok" and attempt.times[-1] == 60 and len(attempt.times) == 21
+
+
+async def test_429s_past_the_deadline_suspend_spending_instead_of_failing(autojump_clock: trio.testing.MockClock) -> None:
+    """A server refusing for its rate limit through the whole retry_timeout suspends the gate
+    (as an unreachable one does); the piece is answered afterwards, nothing fails."""
+    storm = [RetryableError("rate limited", retry_after=10, status=429) for _ in range(5)]
+    attempt = Flaky(*storm)
+    waits: list[str | None] = []
+    policy = RetryPolicy(max_attempts=3, retry_timeout=35, unreachable_retry_interval=100)
+    result = await call_with_retries(attempt, gate=Gate(max_concurrent=1), policy=policy, on_wait=waits.append, jitter=lambda: 0.0)
+    assert result == "ok" and attempt.times == [0, 10, 20, 30, 135, 145]
+    assert any((reason or "").startswith("unreachable: the transcription service kept refusing") for reason in waits)

@@ -5,9 +5,11 @@
       RetryableError       → retry: after the server's wait when it named one (the gate holds
                              every task until then), else after capped exponential backoff with
                              jitter; at most max_attempts attempts, all within retry_timeout
-        UnreachableError past that budget → the service is down, not the file: the gate
-                             suspends all spending ("unreachable") and the piece waits, then
-                             starts a fresh budget
+        a 429 (rate limit)  → not a failed attempt: the server said when to come back, so a
+                             429 storm cannot use up a piece's attempts
+        UnreachableError or 429s past that budget → the service is down or refusing, not the
+                             file: the gate suspends all spending ("unreachable") and the piece
+                             waits, then starts a fresh budget
       PermanentError       → raised at once
       ServiceSuspended     → (quota, key, model) the gate suspends all spending; this piece
                              waits (outside its deadline: a quota may take hours to top up) and
@@ -87,10 +89,11 @@ async def call_with_retries(
         except ServiceSuspended:
             continue  # the gate is suspended now; wait it out above
         except _BudgetSpent as spent:
-            if isinstance(spent.error, UnreachableError):
+            if isinstance(spent.error, UnreachableError) or spent.error.status == 429:
+                refusing = spent.error.status == 429
                 gate.suspend(
                     ServerUnreachableError(
-                        f"the transcription service stayed unreachable: {spent.error.reason}",
+                        f"the transcription service {'kept refusing for its rate limit' if refusing else 'stayed unreachable'}: {spent.error.reason}",
                         hint="check openai.base_url, the network and the server; waiting jobs "
                         "resume by themselves",
                         retry_interval=policy.unreachable_retry_interval,
@@ -148,13 +151,14 @@ async def _within_budget(
                         deadline.deadline = trio.current_time() + policy.retry_timeout
                     return await attempt()
             except RetryableError as error:
-                failures += 1
                 last = error
+                if error.status != 429:
+                    failures += 1
                 if failures >= policy.max_attempts:
                     raise _BudgetSpent(error, failures, timed_out=False) from error
-                on_retry(error, failures)
+                on_retry(error, max(failures, 1))
                 if error.retry_after is None:
-                    await trio.sleep(policy.backoff_delay(failures, jitter()))
+                    await trio.sleep(policy.backoff_delay(max(failures, 1), jitter()))
                 else:
                     # the gate holds every task until the server's time has passed
                     await _wait_for_service(gate, on_wait)

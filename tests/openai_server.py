@@ -119,6 +119,7 @@ class ServerStats:
     first_request_at: float | None = None  # wall-clock time.time() of the first transcription request
     billed_seconds: float = 0.0  # audio seconds the server worked on and billed (answers, billed errors)
     billed_requests: int = 0
+    answer_times: list[float] = field(default_factory=list)  # wall clock of each 200 answer
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -126,6 +127,7 @@ class ServerStats:
             "first_request_at": self.first_request_at,
             "billed_seconds": round(self.billed_seconds, 3),
             "billed_requests": self.billed_requests,
+            "answer_times": self.answer_times,
             "bodies_received": dict(self.bodies_received),
             "answered": dict(self.answered),
             "limit_violations": self.limit_violations,
@@ -413,6 +415,7 @@ class FakeOpenAI:
         if fault == "billed_error":  # the work was done (and billed), then the answer was lost
             raise _Reject(500, "The server had an error while processing your request. Sorry about that!", type_="server_error")
         self.stats.answered[digest] += 1
+        self.stats.answer_times.append(time.time())
         return 200, json.dumps(answer).encode(), {"openai-processing-ms": str(round(delay * 1000)), **self._limit_headers()}
 
     async def _answer(self, form: dict[str, list[str]], upload: tuple[str, str, bytes] | None) -> tuple[dict[str, Any], float]:

@@ -56,6 +56,10 @@ from transcribed.subtitles import SubtitleRules
 logger = structlog.get_logger()
 
 DISK_POLL_INTERVAL = 5.0
+# Pieces prepared (encoded for upload) at once: encoding is CPU work, so more than the machine's
+# cores only holds more PCM; the decode waits while they are all busy, so the samples in memory
+# are one planning window plus this many pieces, however long the recording.
+PREPARERS = max(1, min(4, len(os.sched_getaffinity(0))))
 # a decoded length this much below the header's claim is worth a warning (and 1 s besides,
 # for containers whose claim is only approximate)
 SHORTFALL_WARNING = 0.05
@@ -325,8 +329,9 @@ async def check_claims(job: Job) -> None:
 class PieceScheduler:
     """Decode once; cut, reuse, skip or transcribe each piece as the audio streams by.
 
-    At most `capacity + 1` pieces are cut ahead of the engine (the look-ahead), so memory holds a
-    few pieces however long the recording. A piece's failure is kept and cancels the rest; `run`
+    At most `capacity + 1` pieces are cut ahead of the engine (the look-ahead), of which at most
+    PREPARERS hold samples (being encoded); the rest hold what the engine prepared (an upload's
+    bytes), so memory holds a few pieces however long the recording. A piece's failure is kept and cancels the rest; `run`
     raises that one error. Once the daemon drains, no new piece is started, those in flight
     finish, and `run` raises JobInterrupted.
 
@@ -349,6 +354,7 @@ class PieceScheduler:
         self.cap = cost_cap(job)
         self.committed = 0.0  # the cost of every piece sent or reused so far
         self._lookahead = trio.Semaphore(job.services.traits.capacity + 1)
+        self._preparers = trio.Semaphore(PREPARERS)
         self._failure: Exception | None = None
         self._interrupted = False
 
@@ -438,7 +444,9 @@ class PieceScheduler:
             raise too_expensive(self.job, piece.span.end / SAMPLE_RATE, spent=self.committed)
         self.committed += cost
         await self._lookahead.acquire()
+        await self._preparers.acquire()  # the decode waits here: PCM never piles up
         if self.job.services.draining.is_set():
+            self._preparers.release()
             self._lookahead.release()
             self._interrupted = True
             return
@@ -451,7 +459,10 @@ class PieceScheduler:
         try:
             # prepared once, before the gate: a retry never encodes again, and a request slot
             # is never spent encoding; the samples go (unless the engine keeps them)
-            prepared = await job.services.engine.prepare(piece.audio)
+            try:
+                prepared = await job.services.engine.prepare(piece.audio)
+            finally:
+                self._preparers.release()
             del piece
             job.update(pieces_in_flight=job.progress.pieces_in_flight + 1)
             try:

@@ -56,9 +56,10 @@ from transcribed.subtitles import SubtitleRules
 logger = structlog.get_logger()
 
 DISK_POLL_INTERVAL = 5.0
-# Pieces prepared (encoded for upload) at once: encoding is CPU work, so more than the machine's
-# cores only holds more PCM; the decode waits while they are all busy, so the samples in memory
-# are one planning window plus this many pieces, however long the recording.
+# Pieces prepared (encoded for upload) at once, by all jobs together: encoding is CPU work, so
+# more than the machine's cores only holds more PCM; a job's decode waits while they are all
+# busy, so the samples in memory are a planning window a job plus this many pieces, however
+# long the recordings.
 PREPARERS = max(1, min(4, len(os.sched_getaffinity(0))))
 # a decoded length this much below the header's claim is worth a warning (and 1 s besides,
 # for containers whose claim is only approximate)
@@ -96,6 +97,7 @@ class Services:
     # with JobInterrupted (they resume at the next start).
     draining: trio.Event = field(default_factory=trio.Event)
     health: ServiceHealth = field(default_factory=ServiceHealth)
+    preparers: trio.Semaphore = field(default_factory=lambda: trio.Semaphore(PREPARERS))
     # voiceprints of the reference clips that name known speakers, made once at start
     known_speakers: KnownSpeakers = field(default_factory=KnownSpeakers)
     # Free bytes on the filesystem holding a folder (injected so tests can fill the disk).
@@ -354,7 +356,6 @@ class PieceScheduler:
         self.cap = cost_cap(job)
         self.committed = 0.0  # the cost of every piece sent or reused so far
         self._lookahead = trio.Semaphore(job.services.traits.capacity + 1)
-        self._preparers = trio.Semaphore(PREPARERS)
         self._failure: Exception | None = None
         self._interrupted = False
 
@@ -444,9 +445,9 @@ class PieceScheduler:
             raise too_expensive(self.job, piece.span.end / SAMPLE_RATE, spent=self.committed)
         self.committed += cost
         await self._lookahead.acquire()
-        await self._preparers.acquire()  # the decode waits here: PCM never piles up
+        await self.job.services.preparers.acquire()  # the decode waits here: PCM never piles up
         if self.job.services.draining.is_set():
-            self._preparers.release()
+            self.job.services.preparers.release()
             self._lookahead.release()
             self._interrupted = True
             return
@@ -462,7 +463,7 @@ class PieceScheduler:
             try:
                 prepared = await job.services.engine.prepare(piece.audio)
             finally:
-                self._preparers.release()
+                self.job.services.preparers.release()
             del piece
             job.update(pieces_in_flight=job.progress.pieces_in_flight + 1)
             try:

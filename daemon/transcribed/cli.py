@@ -23,7 +23,7 @@ import structlog
 import trio
 from rich.console import Console
 
-from transcribed import failpoints, status
+from transcribed import failpoints, memory, status
 from transcribed.app import EngineFactory, run_daemon
 from transcribed.boundary import JobReport, OneShotDestination, run_at_boundary
 from transcribed.config import Config, KeySpec, key_specs, load_config
@@ -133,6 +133,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"transcribed: not a file: {', '.join(missing)}", file=sys.stderr)
             return EXIT_USAGE
     failpoints.arm(os.environ.get(failpoints.ENV))
+    memory.tune_malloc()
     sink = ConsoleSink(reporter.console) if reporter.console is not None else None
     configure_logging(
         log_format=config.log_format, level=config.log_level, sink=cast(TextIO | None, sink)

@@ -10,13 +10,12 @@ paragraph per speaker turn. Config `outputs` chooses which are written.
 from __future__ import annotations
 
 import concurrent.futures
-import ctypes
-import ctypes.util
 import json
 from collections.abc import Collection, Sequence
 from pathlib import Path
 from typing import Any
 
+from transcribed import memory
 from transcribed.atomic import atomic_write_bytes, atomic_write_text
 from transcribed.docx_output import render_docx
 from transcribed.engines.base import Segment
@@ -29,10 +28,6 @@ OUTPUT_SUFFIXES = (".txt", ".srt", ".vtt", ".docx", ".json")
 # +120 MiB over 100 documents from 4 threads, against a flat +0 from one). One thread renders
 # every .docx, so the memory is paid once.
 _DOCX_THREAD = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="docx")
-# glibc's malloc_trim, where there is one (Debian); elsewhere nothing is trimmed
-_MALLOC_TRIM = getattr(
-    ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6"), "malloc_trim", None
-)
 
 
 def _render_docx_and_trim(
@@ -41,8 +36,7 @@ def _render_docx_and_trim(
     try:
         return render_docx(segments, metadata, date=date, speakers=speakers)
     finally:
-        if _MALLOC_TRIM is not None:
-            _MALLOC_TRIM(0)  # hand lxml's freed pages back (glibc keeps them otherwise)
+        memory.trim()  # hand lxml's freed pages back (glibc keeps them otherwise)
 
 
 NO_SPEECH_WARNING = (

@@ -1,7 +1,8 @@
 """Cut pieces just in time from one sequential decode, holding at most one window of audio.
 
-The decoder's PCM blocks stream through: loudness frames feed the planner, and as soon as a
-cut is decided the piece before it is handed on with its samples. Memory is bounded by the
+The decoder's PCM blocks stream through: loudness frames (plain and pre-emphasised) feed the
+planner, and as soon as a cut is decided the piece before it is handed on with its samples and
+whether the planner found it silent (a silent piece is never sent). Memory is bounded by the
 planner's window (`max_seconds` + overlap) whatever the length of the recording, and nothing
 touches the disk. Offsets are decoded sample counts, never a container's claim.
 """
@@ -21,6 +22,7 @@ from transcribed.planning import (
     PieceSpan,
     frame_loudness,
 )
+from transcribed.timing import pre_emphasis
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -45,6 +47,7 @@ class PieceCutter:
         self._buffer = np.empty(0, dtype=np.int16)
         self._buffer_start = 0  # absolute sample index of _buffer[0]
         self._analysed = 0  # absolute samples whose frames went to the planner
+        self._before_analysed = np.zeros(1, dtype=np.int16)  # the sample before those
         self._previous = Cut(frame=0, in_pause=True)
         self._index = 0
 
@@ -62,9 +65,13 @@ class PieceCutter:
         if whole == 0:
             return []
         offset = self._analysed - self._buffer_start
-        loudness = frame_loudness(self._buffer[offset : offset + whole])
+        samples = self._buffer[offset : offset + whole]
+        # pre-emphasis over the stream, each sample after its true predecessor
+        emphasised = pre_emphasis(np.concatenate([self._before_analysed, samples]))[1:]
+        self._before_analysed = samples[-1:]
         self._analysed += whole
-        return [self._emit(cut) for cut in self._planner.feed(loudness)]
+        cuts = self._planner.feed(frame_loudness(samples), frame_loudness(emphasised))
+        return [self._emit(cut) for cut in cuts]
 
     def finish(self) -> list[Piece]:
         """The last piece, from the last cut to the end of the audio (none if that is empty)."""
@@ -72,12 +79,12 @@ class PieceCutter:
         start = self._previous.frame * FRAME_SAMPLES
         if end <= start:
             return []
-        return [self._piece(end=end, keep_end=end)]
+        return [self._piece(end=end, keep_end=end, silent=self._planner.finish())]
 
     def _emit(self, cut: Cut) -> Piece:
         keep_end = cut.frame * FRAME_SAMPLES
         end = keep_end if cut.in_pause else keep_end + self._overlap
-        piece = self._piece(end=end, keep_end=keep_end)
+        piece = self._piece(end=end, keep_end=keep_end, silent=cut.silent)
         self._previous = cut
         # keep only what the next piece needs: from the cut, less the overlap if it was forced
         keep_from = keep_end if cut.in_pause else keep_end - self._overlap
@@ -86,7 +93,7 @@ class PieceCutter:
         self._buffer_start += drop
         return piece
 
-    def _piece(self, *, end: int, keep_end: int) -> Piece:
+    def _piece(self, *, end: int, keep_end: int, silent: bool) -> Piece:
         keep_start = self._previous.frame * FRAME_SAMPLES
         start = keep_start if self._previous.in_pause else max(0, keep_start - self._overlap)
         end = min(end, self.samples_seen)
@@ -95,11 +102,4 @@ class PieceCutter:
             index=self._index, start=start, end=end, keep_start=keep_start, keep_end=keep_end
         )
         self._index += 1
-        loudness = frame_loudness(audio)
-        smooth = (
-            np.convolve(loudness, np.ones(10) / 10, mode="valid")
-            if len(loudness) >= 10
-            else loudness
-        )
-        silent = bool(len(smooth) == 0 or float(smooth.max()) < self._planner.threshold)
         return Piece(span=span, audio=audio, silent=silent)

@@ -619,10 +619,14 @@ async def run_job(job: Job) -> JobOutcome:
     await validate(job)
     await check_claims(job)
     journal = job.journal
+    # --- issue 11: the schedule aims at the header's claimed length (a resume keeps the
+    # recorded one, and the parallelism recorded with it)
+    traits = job.services.traits
+    claimed = job.info.claimed_duration if job.info is not None else None
+    planned = traits.limits.scheduled(total_seconds=claimed, parallelism=traits.capacity)
+    # --- end issue 11
     try:
-        job.record, limits = await trio.to_thread.run_sync(
-            journal.fix_limits, job.record, job.services.traits.limits
-        )
+        job.record, limits = await trio.to_thread.run_sync(journal.fix_limits, job.record, planned)
         done = await trio.to_thread.run_sync(journal.done_pieces)
     except OSError as exc:
         raise folder_fault(exc, f"write the job's journal in {journal.folder}") from exc

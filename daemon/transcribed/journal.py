@@ -95,9 +95,10 @@ class Journal:
         return self.folder / record.source_file  # an absolute source_file wins the join
 
     def fix_limits(self, record: JobRecord, limits: PieceLimits) -> tuple[JobRecord, PieceLimits]:
-        """The limits this job plans with: those of its first planning, kept for resumes."""
+        """The limits this job plans with: those of its first planning (the engine's limits,
+        the claimed length and the parallelism its schedule aimed at), kept for resumes."""
         if record.limits is not None:
-            return record, PieceLimits(**record.limits)
+            return record, PieceLimits.from_dict(record.limits)
         record = dataclasses.replace(record, limits=limits.as_dict())
         self.save(record)
         return record, limits

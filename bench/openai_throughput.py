@@ -134,7 +134,7 @@ def run_daemon_on(root: Path, url: str, sources: list[Path], *, during: Any = No
         "--root": root, "--engine": "openai", "--openai-base-url": url, "--speakers": "off",
         "--openai-requests-per-minute": RPM, "--openai-max-concurrent-requests": CONCURRENCY,
         "--openai-max-cost-per-file": 100, "--job-workers": 4, "--settle-interval": 0.2,
-        "--rescan-interval": 0.5, "--log-level": "warning", "--web-listen": "",
+        "--rescan-interval": 0.5, "--log-level": os.environ.get("BENCH_LOG_LEVEL", "warning"), "--web-listen": "",
     }  # fmt: skip
     command = [str(ROOT / ".venv" / "bin" / "transcribed"), "run", *[str(x) for pair in flags.items() for x in pair]]
     environment = {k: v for k, v in os.environ.items() if not k.startswith(("OPENAI", "TRANSCRIBED"))}

@@ -105,7 +105,7 @@ async def test_a_resumed_job_keeps_the_schedule_of_its_first_planning(tmp_path: 
         await finished(clean_root, "long")
     total = clean_engine.calls
     lengths = np.array(clean_engine.pieces_seen) / SAMPLE_RATE
-    assert total >= 6 and lengths[-3:].max() < 0.6 * lengths[:3].min()  # the pieces shrank
+    assert total >= 6 and lengths[-3:].max() < 0.6 * lengths[1:4].min()  # the pieces shrank (after the quick first one)
 
     crashed = tmp_path / "crashed"
     hanging_engine = FakeEngine(capacity=2, limits=limits)

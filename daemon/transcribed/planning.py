@@ -15,7 +15,9 @@ The schedule. When the recording's length is known (the header's claim) and the 
 on `parallelism` pieces at once, the target shrinks toward the end (guided self-scheduling):
 the next piece aims at the rest of the claimed length shared by `schedule_factor` × the
 parallelism, between `min_target_seconds` and the engine's target, so the long pieces go
-first and the last round is made of short ones that finish together. Past the claimed end the
+first and the last round is made of short ones that finish together. Only the very first piece
+is short too (`min_target_seconds`): the first request goes out a fraction of a second after
+the claim instead of after a whole long window is decoded and encoded. Past the claimed end the
 claim was wrong; the rest is guessed to be as long as the overrun so far, so pieces grow back
 from the floor. A wrong claim costs balance, never a piece: these are only targets, and every
 piece still ends in a pause, within `max_seconds`.
@@ -103,6 +105,11 @@ class PieceLimits:
         of what is left of the claimed length, once the engine's slots share the rest."""
         if self.total_seconds is None or self.plan_rules < 2:
             return self.target_seconds
+        if position <= 0:
+            # a quick start: the first request goes out as soon as a short piece is decoded and
+            # encoded (~0.1 s for 20 s of audio), not after a whole long window (~0.5-0.8 s for
+            # 3 minutes); one request more costs one slot 0.8 s
+            return min(self.target_seconds, self.min_target_seconds)
         # past the claimed end the claim was wrong: guess the rest is as long as the overrun
         remaining = abs(self.total_seconds - position)
         share = remaining / (self.schedule_factor * self.parallelism)

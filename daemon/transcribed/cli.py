@@ -24,11 +24,11 @@ import trio
 from rich.console import Console
 
 from transcribed import failpoints, status
-from transcribed.app import EngineFactory, run_daemon
+from transcribed.app import run_daemon
 from transcribed.boundary import JobReport, OneShotDestination, run_at_boundary
 from transcribed.config import Config, KeySpec, key_specs, load_config
 from transcribed.diarize import prepare_speakers
-from transcribed.engines import gate_for, open_engine
+from transcribed.engines import EngineFactory, gate_for, open_engine
 from transcribed.errors import ConfigError, TranscribedError
 from transcribed.jobs import Services, source_key
 from transcribed.journal import JobRecord, Journal

@@ -28,7 +28,7 @@ import structlog
 from transcribed.atomic import atomic_write_json
 from transcribed.engines.base import PieceResult, Segment
 from transcribed.failpoints import failpoint
-from transcribed.naming import StemRegistry
+from transcribed.naming import StemRegistries
 from transcribed.planning import PieceLimits, PieceSpan
 
 logger = structlog.get_logger()
@@ -45,7 +45,7 @@ class JobRecord:
     job_id: str
     display_name: str  # the original name, printable (undecodable bytes escaped)
     name_b64: str  # the original name's exact bytes
-    stem: str  # outputs are OUTBOX/STEM.txt etc.
+    stem: str  # outputs are OUTBOX/STEM.txt etc. (OUTBOX/PROFILE/STEM.txt for a profile's)
     source_file: str  # name of the source inside work/JOB/
     claimed_at: str
     # consecutive runs that started and never ended (the process died), without a new piece
@@ -59,6 +59,8 @@ class JobRecord:
     limits: dict[str, float] | None = None
     outputs: list[str] | None = None  # once published
     error: dict[str, str] | None = None  # once failed: error, reason, what_to_do
+    # the [profiles.NAME] whose subfolder of the inbox it came from; None: the inbox itself
+    profile: str | None = None
 
     def as_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -174,7 +176,7 @@ def sweep_trash(work: Path) -> None:
 
 def recover_work(
     work: Path,
-    stems: StemRegistry,
+    stems: StemRegistries,
     *,
     quarantine: Callable[[Path, str], None],
 ) -> list[Journal]:
@@ -206,9 +208,11 @@ def recover_work(
         if record.state == "claiming" and not (journal.folder / record.source_file).exists():
             journal.remove()
             continue
-        stems.reserve(record.stem)
+        stems.of(record.profile).reserve(record.stem)
         resumable.append((record.claimed_at, journal))
     # names reserved by claims that died before their record was written (or were removed just
     # now) are free again; the files are still in the inbox
-    stems.sweep_placeholders({journal.folder.name for _, journal in resumable})
+    live = {journal.folder.name for _, journal in resumable}
+    for registry in stems:
+        registry.sweep_placeholders(live)
     return [journal for _, journal in sorted(resumable, key=lambda item: item[0])]

@@ -3,6 +3,7 @@ transcripts; configuration errors stop start-up like any other key's."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import shutil
@@ -11,17 +12,24 @@ from collections.abc import AsyncIterator, Callable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from functools import partial
 from pathlib import Path
+from urllib.parse import quote
 
+import httpx
 import pytest
 import structlog.testing
 import trio
-from conftest import TWO_CITIES, FakeEngine, jobs_in, wait_for, wait_until
+from conftest import TWO_CITIES, FakeEngine, SyntheticDecoder, jobs_in, wait_for, wait_until
 from openai_server import FakeOpenAI, ServerSettings
+from transcribed import metrics, status
 from transcribed.app import run_daemon
 from transcribed.cli import main
-from transcribed.config import Config, load_config
+from transcribed.config import Config, WebConfig, load_config
+from transcribed.engines import gate_for
 from transcribed.engines.openai import open_openai_engine
 from transcribed.errors import ConfigError
+from transcribed.jobs import Services
+from transcribed.progress import ProgressBoard
+from transcribed.web import serve_web
 
 KEY = "sk-proj-CANARYkey0123456789abcdefWXYZ"
 
@@ -433,3 +441,40 @@ async def test_a_job_whose_profile_was_removed_finishes_with_the_main_settings_a
     warnings = json.loads((root / "outbox" / "spanish" / "long.json").read_text())["warnings"]
     assert any("[profiles.spanish] is no longer in the configuration" in w for w in warnings)
     assert files_in(root / "done" / "spanish") == ["long.mp3"]
+
+
+async def test_status_and_the_page_show_a_profile_job_as_folder_slash_name(tmp_path: Path, media: Callable[..., Path]) -> None:
+    """`status` and /api/status show a profile's files as spanish/NAME (waiting in the inbox,
+    done with outputs named as the page serves them), and /outbox/ serves them from the
+    subfolder; a subfolder that is not a profile's serves nothing."""
+    root = tmp_path / "root"
+    config = daemon_config(root, '[profiles.spanish]\noutputs = ["txt"]\n', outputs="txt")
+    with trio.fail_after(60):
+        async with daemon_with(config, EnginesByConfig()):
+            drop(root / "inbox" / "spanish", media("hearing.mp3"), "hearing.mp3")
+            await finished_in(root / "outbox" / "spanish", "hearing")
+    (root / "inbox" / "spanish" / "waiting.mp3").write_bytes(b"still arriving")
+    (root / "outbox" / "other").mkdir()
+    (root / "outbox" / "other" / "hearing.txt").write_text("not published\n")
+
+    data = status.collect(config)
+    assert [entry["name"] for entry in data["inbox"]["files"]] == ["spanish/waiting.mp3"]
+    [done] = data["done"]
+    assert done["source"] == "spanish/hearing.mp3" and done["outputs"] == ["spanish/hearing.txt"]
+    assert any("spanish/hearing.mp3 -> spanish/hearing.txt" in line for line in status.render_table(data))
+
+    web_config = dataclasses.replace(config, web=WebConfig(listen="127.0.0.1:0"))
+    engine = FakeEngine()
+    services = Services(config=web_config, engine=engine, gate=gate_for(web_config, engine.traits), board=ProgressBoard(root / "outbox"), decoder=SyntheticDecoder())  # type: ignore[arg-type]
+    with trio.fail_after(20):
+        async with trio.open_nursery() as nursery:
+            address = await nursery.start(serve_web, web_config, services, metrics.Metrics())
+            async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{address.port}", timeout=10) as client:
+                api = (await client.get("/api/status")).json()
+                served = await client.get("/outbox/" + quote("spanish/hearing.txt", safe=""))
+                other = await client.get("/outbox/" + quote("other/hearing.txt", safe=""))
+                flat = await client.get("/outbox/hearing.txt")
+            nursery.cancel_scope.cancel()
+    assert api["done"][0]["outputs"] == ["spanish/hearing.txt"]
+    assert served.status_code == 200 and served.content == (root / "outbox" / "spanish" / "hearing.txt").read_bytes()
+    assert other.status_code == 404 and flat.status_code == 404

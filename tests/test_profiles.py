@@ -22,7 +22,7 @@ from conftest import TWO_CITIES, FakeEngine, SyntheticDecoder, jobs_in, wait_for
 from openai_server import FakeOpenAI, ServerSettings
 from transcribed import metrics, status
 from transcribed.app import run_daemon
-from transcribed.cli import main
+from transcribed.cli import _config_from, build_parser, main
 from transcribed.config import Config, WebConfig, load_config
 from transcribed.engines import gate_for
 from transcribed.engines.openai import open_openai_engine
@@ -478,3 +478,13 @@ async def test_status_and_the_page_show_a_profile_job_as_folder_slash_name(tmp_p
     assert api["done"][0]["outputs"] == ["spanish/hearing.txt"]
     assert served.status_code == 200 and served.content == (root / "outbox" / "spanish" / "hearing.txt").read_bytes()
     assert other.status_code == 404 and flat.status_code == 404
+
+
+async def test_transcribe_takes_a_profile(tmp_path: Path, media: Callable[..., Path], capsys: pytest.CaptureFixture[str]) -> None:
+    """`transcribe --profile NAME` runs with the profile's configuration; an unknown one is a
+    configuration error (78)."""
+    path = write(tmp_path, '[profiles.spanish]\noutputs = ["txt"]\nspeakers = "off"\n')
+    args = build_parser().parse_args(["transcribe", "x.mp3", "--config", str(path), "--profile", "spanish"])
+    assert _config_from(args).outputs == ("txt",) and _config_from(args).speakers == "off"
+    assert main(["transcribe", str(media("x.mp3")), "--config", str(path), "--profile", "german"]) == 78
+    assert "no [profiles.german]" in capsys.readouterr().err

@@ -293,9 +293,12 @@ async def test_each_folder_is_transcribed_with_its_own_settings_into_its_own_sub
 
 async def test_the_same_name_twice_in_one_profile_never_overwrites(tmp_path: Path, media: Callable[..., Path]) -> None:
     """Stems are reserved per output folder: a second spanish/talk.mp3 becomes talk-2 in
-    outbox/spanish/, and the inbox's own talk.mp3 is talk in outbox/."""
+    outbox/spanish/, and the inbox's own talk.mp3 is talk in outbox/; the hooks are told where
+    each job's transcripts are, and its profile."""
     root = tmp_path / "root"
-    config = daemon_config(root, "[profiles.spanish]\noutputs = [\"txt\"]\n", outputs="txt")
+    summaries = tmp_path / "summaries.jsonl"
+    hook = f'[notify]\ncommand = ["sh", "-c", "cat >> {summaries}; echo >> {summaries}"]\n'
+    config = daemon_config(root, hook + '[profiles.spanish]\noutputs = ["txt"]\n', outputs="txt")
     with trio.fail_after(60):
         async with daemon_with(config, EnginesByConfig()):
             drop(root / "inbox" / "spanish", media("a.mp3"), "talk.mp3")
@@ -307,6 +310,12 @@ async def test_the_same_name_twice_in_one_profile_never_overwrites(tmp_path: Pat
     assert files_in(root / "outbox" / "spanish") == ["talk-2.progress.json", "talk-2.txt", "talk.progress.json", "talk.txt"]
     assert files_in(root / "done" / "spanish") == ["talk-2.mp3", "talk.mp3"]
     assert files_in(root / "outbox") == ["talk.progress.json", "talk.txt"]
+    told = sorted((summary["source"], summary["profile"], summary["outputs"]) for summary in map(json.loads, filter(None, summaries.read_text().splitlines())))
+    assert told == [
+        ("spanish/talk.mp3", "spanish", [str(root / "outbox" / "spanish" / "talk-2.txt")]),
+        ("spanish/talk.mp3", "spanish", [str(root / "outbox" / "spanish" / "talk.txt")]),
+        ("talk.mp3", None, [str(root / "outbox" / "talk.txt")]),
+    ]
 
 
 async def test_folders_no_profile_names_and_folders_inside_a_profile_are_rejected(tmp_path: Path, media: Callable[..., Path]) -> None:

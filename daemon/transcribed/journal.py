@@ -2,7 +2,8 @@
 
     work/JOB/job.json            who the job is: ids, the original name, the output stem,
                                  the source's identity at claim, attempts (crashes without
-                                 progress), the piece limits fixed at first planning
+                                 progress), the piece limits fixed at first planning, the
+                                 profile whose inbox subfolder it came from
     work/JOB/source.EXT          the claimed recording (renamed here from the inbox)
     work/JOB/pieces/NNNNNN.json  one finished piece: its span and the engine's segments
 
@@ -43,8 +44,9 @@ class JobRecord:
     """The contents of job.json."""
 
     job_id: str
-    display_name: str  # the original name, printable (undecodable bytes escaped)
-    name_b64: str  # the original name's exact bytes
+    # the original name (PROFILE/NAME for a profile's), printable (undecodable bytes escaped)
+    display_name: str
+    name_b64: str  # the original name's exact bytes (PROFILE/NAME for a profile's)
     stem: str  # outputs are OUTBOX/STEM.txt etc. (OUTBOX/PROFILE/STEM.txt for a profile's)
     source_file: str  # name of the source inside work/JOB/
     claimed_at: str

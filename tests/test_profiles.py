@@ -18,7 +18,17 @@ import httpx
 import pytest
 import structlog.testing
 import trio
-from conftest import TWO_CITIES, FakeEngine, SyntheticDecoder, jobs_in, wait_for, wait_until
+import trio.testing
+from conftest import (
+    TWO_CITIES,
+    FakeEngine,
+    SyntheticDecoder,
+    jobs_in,
+    no_events,
+    synthetic_recording,
+    wait_for,
+    wait_until,
+)
 from openai_server import FakeOpenAI, ServerSettings
 from transcribed import metrics, status
 from transcribed.app import run_daemon
@@ -497,3 +507,19 @@ async def test_transcribe_takes_a_profile(tmp_path: Path, media: Callable[..., P
     assert _config_from(args).outputs == ("txt",) and _config_from(args).speakers == "off"
     assert main(["transcribe", str(media("x.mp3")), "--config", str(path), "--profile", "german"]) == 78
     assert "no [profiles.german]" in capsys.readouterr().err
+
+
+async def test_a_record_naming_an_impossible_profile_is_quarantined_never_a_path(tmp_path: Path, virtual_clock: trio.testing.MockClock) -> None:
+    """A damaged job.json whose profile could not be a folder name (`../..`) is a corrupt job:
+    its source goes to failed/ with the explanation, and nothing is written outside the folders."""
+    job = tmp_path / "root" / "work" / "20260101T000000-abcdef"
+    synthetic_recording(job / "source.mp3", 10)
+    record = {"job_id": job.name, "display_name": "x.mp3", "name_b64": "eC5tcDM=", "stem": "x", "source_file": "source.mp3", "claimed_at": "2026-01-01T00:00:00Z", "state": "claimed", "profile": "../.."}
+    (job / "job.json").write_text(json.dumps(record))
+    config = daemon_config(tmp_path / "root", "[profiles.spanish]\n")
+    async with daemon_with(config, EnginesByConfig(), decoder=SyntheticDecoder(), watcher=no_events):
+        await wait_until(lambda: any((tmp_path / "root" / "failed").glob("*.error.json")))
+    (explanation,) = (tmp_path / "root" / "failed").glob("*.error.json")
+    assert json.loads(explanation.read_text())["error"] == "corrupt_job"
+    assert sorted(os.listdir(tmp_path)) == ["root", "root.toml"]
+    assert jobs_in(tmp_path / "root" / "work") == []

@@ -383,6 +383,11 @@ PROFILE_KEYS = (
 _PROFILE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,63}")
 
 
+def is_profile_name(name: str) -> bool:
+    """Whether `name` may name a profile (and so a subfolder of the daemon's folders)."""
+    return _PROFILE_NAME.fullmatch(name) is not None
+
+
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Profile:
     """[profiles.NAME]: the keys (dotted, as in PROFILE_KEYS) whose values recordings dropped in
@@ -680,7 +685,7 @@ def _profiles_from_toml(raw: Any, path: Path, specs: Mapping[str, KeySpec]) -> t
     allowed = ", ".join(PROFILE_KEYS)
     profiles = []
     for name, table in raw.items():
-        if not _PROFILE_NAME.fullmatch(name):
+        if not is_profile_name(name):
             raise ConfigError(
                 f"[profiles.{shown(name)}] in {path}: a profile is named after its subfolder of "
                 "the inbox, and this is not a plain folder name",

@@ -27,6 +27,7 @@ from typing import Any
 import structlog
 
 from transcribed.atomic import atomic_write_json
+from transcribed.config import is_profile_name
 from transcribed.engines.base import PieceResult, Segment
 from transcribed.failpoints import failpoint
 from transcribed.naming import StemRegistries
@@ -85,7 +86,11 @@ class Journal:
         try:
             data = json.loads((self.folder / JOB_FILE).read_text("utf-8"))
             fields = {f.name for f in dataclasses.fields(JobRecord)}
-            return JobRecord(**{k: v for k, v in data.items() if k in fields})
+            record = JobRecord(**{k: v for k, v in data.items() if k in fields})
+            if record.profile is not None and not is_profile_name(str(record.profile)):
+                # it names subfolders: a damaged one must never make a path outside them
+                raise ValueError(f"no profile is named {record.profile!r}")
+            return record
         except (ValueError, TypeError, UnicodeDecodeError) as exc:
             raise CorruptJob(f"{self.folder / JOB_FILE} is unreadable: {exc}") from exc
 

@@ -96,3 +96,18 @@ def test_example_names_the_environment_variable_and_flag(dotted: str) -> None:
     assert f"Environment: {spec.env} " in block + " "
     assert f"Flag: {spec.flag}" in block
     assert "Default:" in block
+
+
+def test_the_example_profiles_load_when_switched_on(tmp_path: Path) -> None:
+    """The commented-out [profiles.*] example, switched on (with a model that takes keywords),
+    is a valid configuration whose profiles differ from the main one as it says."""
+    text = EXAMPLE.read_text("utf-8")
+    block = text[text.index("# [profiles.spanish]") :]
+    path = tmp_path / "profiles.toml"
+    path.write_text('engine = "openai"\n[openai]\nmodel = "gpt-transcribe"\n' + re.sub(r"^# ?", "", block, flags=re.MULTILINE), "utf-8")
+
+    config = load_config(path=path, environ={})
+
+    assert config.profile_names == ("spanish", "planning-board")
+    assert config.for_profile("spanish").openai.language == "es"
+    assert config.for_profile("planning-board").openai.keywords == ("Okonkwo", "Ní Bhriain", "Section 106")

@@ -103,6 +103,8 @@ class DaemonDestination:
     after_success: str
     stems: StemRegistry
     waits_for_service: bool = True
+    # a profile's subfolders of done/ and failed/ are the daemon's own: made when missing
+    makes_folders: bool = False
 
     async def conclude(
         self, services: Services, journal: Journal, record: JobRecord, progress: JobProgress
@@ -131,9 +133,13 @@ class DaemonDestination:
         suffix = Path(record.source_file).suffix
         present = source.exists()
         folder = self.failed if failed else self.done
-        stem = unique_path(folder, record.stem, (suffix, ".error.json") if failed else (suffix,))
-        target = folder / f"{stem}{suffix}"
         try:
+            if self.makes_folders:
+                folder.mkdir(exist_ok=True)
+            stem = unique_path(
+                folder, record.stem, (suffix, ".error.json") if failed else (suffix,)
+            )
+            target = folder / f"{stem}{suffix}"
             # after a crash the explanation may already be there, naming where the source went
             if failed and (present or not (self.failed / f"{record.stem}.error.json").exists()):
                 write_explanation(
@@ -181,32 +187,45 @@ class OneShotDestination:
 
 
 async def run_at_boundary(
-    services: Services, journal: Journal, destination: Destination
+    services: Services,
+    journal: Journal,
+    destination: Destination,
+    *,
+    warnings: tuple[str, ...] = (),
 ) -> JobReport:
-    """Run one job to its end and record the outcome; only Cancelled escapes."""
+    """Run one job to its end and record the outcome; only Cancelled escapes. `warnings` go
+    into the transcript's, ahead of the job's own."""
     record = await trio.to_thread.run_sync(journal.load)
     with structlog.contextvars.bound_contextvars(job_id=record.job_id):
-        return await _JobRun(services, journal, destination, record).run()
+        return await _JobRun(services, journal, destination, record, warnings).run()
 
 
 class _JobRun:
     """One job at the boundary: the steps of run_at_boundary, over a little shared state."""
 
     def __init__(
-        self, services: Services, journal: Journal, destination: Destination, record: JobRecord
+        self,
+        services: Services,
+        journal: Journal,
+        destination: Destination,
+        record: JobRecord,
+        warnings: tuple[str, ...] = (),
     ) -> None:
         self.services = services
         self.journal = journal
         self.destination = destination
         self.record = record
+        self.warnings = warnings
         self.progress = services.board.add(
             JobProgress(
                 source=record.display_name,
                 job_id=record.job_id,
                 engine=services.traits.name,
                 model=services.traits.model,
+                profile=record.profile,
             ),
             record.stem,
+            folder=destination.output_dir,  # the progress file is beside the transcripts
         )
         self.started = trio.current_time()
 
@@ -281,6 +300,7 @@ class _JobRun:
                 progress=self.progress,
                 source=self.journal.source_path(self.record),
                 output_dir=self.destination.output_dir,
+                warnings=list(self.warnings),
             )
             try:
                 return await run_job(job), None

@@ -1,7 +1,7 @@
 """Command line: argv → config, logging set-up, trio.run; exceptions → exit codes. Nothing else.
 
     transcribed run [--config FILE] [--root DIR] [--engine embedded] [--<any key> VALUE]
-    transcribed transcribe FILE... [--out DIR] [--config FILE] [--<any key> VALUE]
+    transcribed transcribe FILE... [--out DIR] [--profile NAME] [--config FILE] [--<any key> VALUE]
     transcribed status [--root DIR] [--config FILE] [--json]
 
 Exit codes: 0 success, 1 some file failed (transcribe), 2 usage (a bad flag, a missing input
@@ -24,11 +24,11 @@ import trio
 from rich.console import Console
 
 from transcribed import failpoints, memory, status
-from transcribed.app import EngineFactory, run_daemon
+from transcribed.app import run_daemon
 from transcribed.boundary import JobReport, OneShotDestination, run_at_boundary
 from transcribed.config import Config, KeySpec, key_specs, load_config
 from transcribed.diarize import prepare_speakers
-from transcribed.engines import gate_for, open_engine
+from transcribed.engines import EngineFactory, gate_for, open_engine
 from transcribed.errors import ConfigError, TranscribedError
 from transcribed.jobs import Services, source_key
 from transcribed.journal import JobRecord, Journal
@@ -91,12 +91,18 @@ def build_parser() -> argparse.ArgumentParser:
         prog="transcribed", description="Turn recordings dropped in a folder into transcripts."
     )
     parser.add_argument("--version", action="version", version=f"transcribed {_version()}")
+    parser.set_defaults(profile=None)  # only `transcribe` takes --profile
     commands = parser.add_subparsers(dest="command", required=True)
     run = commands.add_parser("run", help="run the daemon in the foreground")
     _add_config_flags(run)
     once = commands.add_parser("transcribe", help="transcribe files once, with a progress bar")
     once.add_argument("files", nargs="+", type=Path, metavar="FILE")
     once.add_argument("--out", type=Path, help="write outputs here (default: next to each file)")
+    once.add_argument(
+        "--profile",
+        metavar="NAME",
+        help="transcribe with [profiles.NAME]'s settings, as the daemon does its inbox/NAME/",
+    )
     _add_config_flags(once)
     status = commands.add_parser(
         "status",
@@ -115,7 +121,8 @@ def _config_from(args: argparse.Namespace) -> Config:
         for name, value in vars(args).items()
         if name.startswith("key:")
     }
-    return load_config(path=args.config, flags=flags)
+    config = load_config(path=args.config, flags=flags)
+    return config if args.profile is None else config.for_profile(args.profile)
 
 
 def main(argv: list[str] | None = None) -> int:

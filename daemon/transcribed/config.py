@@ -5,6 +5,10 @@ in the dataclasses below (type, default, help, bounds); the environment variable
 (`TRANSCRIBED_<SECTION>_<KEY>`, upper case) and the command-line flag (`--<section>-<key>`) are
 derived from that description, so the three sources can never drift apart. Unknown keys and bad
 values raise `ConfigError` naming the key and where it came from.
+
+`[profiles.NAME]` tables (from the file only) give a subfolder of the inbox its own values for a
+few keys (PROFILE_KEYS); `Config.for_profile(NAME)` is the configuration its recordings are
+transcribed with, built and validated at load like the main one.
 """
 
 from __future__ import annotations
@@ -317,6 +321,8 @@ class Config:
     web: WebConfig = field(default_factory=WebConfig)  # issue 10
     notify: NotifyConfig = field(default_factory=NotifyConfig)  # issue 10
     subtitles: SubtitlesConfig = field(default_factory=SubtitlesConfig)  # issue 9
+    # [profiles.NAME] from the config file (not a key: see PROFILE_KEYS)
+    profiles: tuple[Profile, ...] = ()
 
     @property
     def media_limits(self) -> MediaLimits:
@@ -332,6 +338,79 @@ class Config:
     @property
     def folders(self) -> dict[str, Path]:
         return {name: self.folder(name) for name in ("inbox", "outbox", "work", "done", "failed")}
+
+    @property
+    def profile_names(self) -> tuple[str, ...]:
+        return tuple(profile.name for profile in self.profiles)
+
+    def subfolders(self, name: str) -> Config:
+        """This configuration with NAME subfolders of its inbox, outbox, done and failed (work/
+        is shared) and no profiles: where a profile's recordings, transcripts and sources go."""
+        return dataclasses.replace(
+            self,
+            inbox=self.folder("inbox") / name,
+            outbox=self.folder("outbox") / name,
+            done=self.folder("done") / name,
+            failed=self.folder("failed") / name,
+            profiles=(),
+        )
+
+    def for_profile(self, name: str) -> Config:
+        """The configuration recordings in inbox/NAME/ are transcribed with: this one with the
+        profile's keys in place, in the NAME subfolders."""
+        for profile in self.profiles:
+            if profile.name == name:
+                return profile.applied_to(self.subfolders(name))
+        raise ConfigError(
+            f"there is no [profiles.{name}] in the configuration",
+            hint="profiles configured: " + (", ".join(self.profile_names) or "none"),
+        )
+
+
+# The keys a profile may set, as the main configuration spells them: what a folder's recordings
+# may need of their own (their language, glossary, model, outputs and speakers). The rest (the
+# engine, limits, folders) is the daemon's, shared by every folder.
+PROFILE_KEYS = (
+    "outputs",
+    "speakers",
+    "speakers_dir",
+    "openai.model",
+    "openai.language",
+    "openai.languages",
+    "openai.prompt",
+    "openai.keywords",
+    "openai.response_format",
+    "openai.price_per_minute",
+)
+# a profile's name is a folder's: one plain path component, never hidden or a temp name
+_PROFILE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,63}")
+
+
+def is_profile_name(name: str) -> bool:
+    """Whether `name` may name a profile (and so a subfolder of the daemon's folders)."""
+    return _PROFILE_NAME.fullmatch(name) is not None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Profile:
+    """[profiles.NAME]: the keys (dotted, as in PROFILE_KEYS) whose values recordings dropped in
+    inbox/NAME/ get instead of the main configuration's."""
+
+    name: str
+    overrides: tuple[tuple[str, Any], ...] = ()
+
+    def applied_to(self, config: Config) -> Config:
+        top = {key: value for key, value in self.overrides if "." not in key}
+        sections: dict[str, dict[str, Any]] = {}
+        for key, value in self.overrides:
+            if "." in key:
+                section, name = key.split(".", 1)
+                sections.setdefault(section, {})[name] = value
+        replaced = {
+            section: dataclasses.replace(getattr(config, section), **values)
+            for section, values in sections.items()
+        }
+        return dataclasses.replace(config, **top, **replaced)
 
 
 SECTIONS: dict[str, type[Any]] = {
@@ -396,7 +475,7 @@ def key_specs() -> Iterator[KeySpec]:
     """Every configuration key, top level first, then each section's."""
     hints = typing.get_type_hints(Config)
     for f in dataclasses.fields(Config):
-        if f.name not in SECTIONS:
+        if f.name not in SECTIONS and f.name != "profiles":
             yield _spec_for(None, f, hints)
     for section, cls in SECTIONS.items():
         section_hints = typing.get_type_hints(cls)
@@ -515,6 +594,8 @@ def _flatten_toml(data: Mapping[str, Any], path: Path) -> dict[str, Any]:
     known = {spec.dotted for spec in key_specs()}
     flat: dict[str, Any] = {}
     for key, value in data.items():
+        if key == "profiles":
+            continue  # read by _profiles_from_toml
         if key in SECTIONS and isinstance(value, Mapping):
             for sub_key, sub_value in value.items():
                 flat[f"{key}.{sub_key}"] = sub_value
@@ -545,10 +626,13 @@ def load_config(
     specs = {spec.dotted: spec for spec in key_specs()}
 
     from_file: dict[str, Any] = {}
+    profiles: tuple[Profile, ...] = ()
     if path is not None:
         try:
             with open(path, "rb") as handle:
-                from_file = _flatten_toml(tomllib.load(handle), path)
+                data = tomllib.load(handle)
+            from_file = _flatten_toml(data, path)
+            profiles = _profiles_from_toml(data.get("profiles"), path, specs)
         except FileNotFoundError:
             raise ConfigError(f"config file {path} does not exist") from None
         except PermissionError:
@@ -583,8 +667,82 @@ def load_config(
         for section, cls in SECTIONS.items()
     }
     top = {k: v for k, v in values.items() if "." not in k}
-    config = Config(**top, **sections)
-    return _validated(config)
+    config = _validated(Config(**top, **sections))
+    config = dataclasses.replace(config, profiles=profiles)
+    for profile in profiles:
+        _check_profile(config, profile.name)
+    return config
+
+
+def _profiles_from_toml(raw: Any, path: Path, specs: Mapping[str, KeySpec]) -> tuple[Profile, ...]:
+    """[profiles.NAME] tables: each a safe folder name, holding only PROFILE_KEYS, with values
+    checked as the main keys are. An empty value ("" or []) unsets an optional key for the
+    profile (a glossary or keywords the main configuration has, say)."""
+    if raw is None:
+        return ()
+    if not isinstance(raw, Mapping):
+        raise ConfigError(
+            f"profiles in {path} must be tables: [profiles.NAME]",
+            hint="see the Profiles section of the README",
+        )
+    allowed = ", ".join(PROFILE_KEYS)
+    profiles = []
+    for name, table in raw.items():
+        if not is_profile_name(name):
+            raise ConfigError(
+                f"[profiles.{shown(name)}] in {path}: a profile is named after its subfolder of "
+                "the inbox, and this is not a plain folder name",
+                hint="use letters, digits, - and _ (at most 64, starting with a letter or digit)",
+            )
+        if not isinstance(table, Mapping):
+            raise ConfigError(f"profiles.{name} in {path} must be a table: [profiles.{name}]")
+        flat: dict[str, Any] = {}
+        for key, value in table.items():
+            if key in SECTIONS and isinstance(value, Mapping):
+                flat.update({f"{key}.{sub_key}": v for sub_key, v in value.items()})
+            else:
+                flat[key] = value
+        overrides = []
+        for dotted, value in flat.items():
+            if dotted not in PROFILE_KEYS:
+                what = "cannot be set in a profile" if dotted in specs else "is not a key"
+                raise ConfigError(
+                    f"profiles.{name}.{dotted} in {path} {what}",
+                    hint=f"a profile may set {allowed}",
+                )
+            spec = specs[dotted]
+            spec = dataclasses.replace(
+                spec,
+                section=f"profiles.{name}" + (f".{spec.section}" if spec.section else ""),
+            )
+            if spec.optional and value in ("", []):
+                overrides.append((dotted, None))
+            else:
+                overrides.append((dotted, _convert(spec, value, f"config file {path}")))
+        profiles.append(Profile(name=name, overrides=tuple(overrides)))
+    return tuple(profiles)
+
+
+def _check_profile(config: Config, name: str) -> None:
+    """A profile's configuration must be as valid as the main one, and its subfolder of the
+    inbox none of the daemon's other folders."""
+    try:
+        effective = _validated(config.for_profile(name))
+        if effective.engine == "openai" and effective.openai != config.openai:
+            # the model table's checks (issue 9), which the main keys meet when the engine is
+            # built: a profile's model, language, prompt and keywords meet them here, at load
+            from transcribed.engines.models import check_options, model_spec
+
+            openai = effective.openai
+            check_options(model_spec(openai.model, openai.base_url), openai)
+    except ConfigError as exc:
+        raise ConfigError(f"[profiles.{name}]: {exc.reason}", hint=exc.hint) from None
+    inbox = effective.folder("inbox")
+    if inbox in config.folders.values():
+        raise ConfigError(
+            f"[profiles.{name}]: its inbox subfolder {inbox} is also one of the daemon's folders",
+            hint="rename the profile, or move that folder out of the inbox",
+        )
 
 
 def _validated(config: Config) -> Config:

@@ -7,6 +7,10 @@ when it is a regular file, not hidden, not a `*.part`-style temp name, and its (
 mtime) stayed unchanged for `settle_interval`. Claiming is an atomic rename into work/JOB/
 (Maildir's rule: whoever renames first owns it), so two daemons sharing an inbox never take the
 same file. This is the only module that imports watchfiles.
+
+A subfolder of the inbox named by a profile ([profiles.NAME]) is watched and scanned too, one
+level deep: its files are that profile's candidates (`NAME/FILE` in the listing), claimed into
+the same work/ with the profile in their record; any other folder is rejected as before.
 """
 
 from __future__ import annotations
@@ -14,7 +18,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import stat
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -27,7 +31,7 @@ from transcribed.explanations import write_explanation
 from transcribed.failpoints import failpoint
 from transcribed.journal import JobRecord, Journal
 from transcribed.naming import (
-    StemRegistry,
+    StemRegistries,
     encode_name,
     new_job_id,
     safe_stem,
@@ -117,8 +121,9 @@ ODDITIES: dict[str, tuple[str, str]] = {
         "copy the recording into the inbox instead of linking it",
     ),
     "directory": (
-        "folders are not transcribed",
-        "drop the recordings themselves, not a folder (producers may stage copies in a folder whose name starts with '.')",
+        "folders are not transcribed, except a profile's subfolder of the inbox (one level deep)",
+        "drop the recordings themselves, not a folder, or name the folder in the configuration "
+        "as [profiles.NAME] (producers may stage copies in a folder whose name starts with '.')",
     ),
     "special": (
         "this is not a regular file (a named pipe, socket or device)",
@@ -139,28 +144,57 @@ class Listing:
         return self.files | {name: key for name, (key, _) in self.oddities.items()}
 
 
-def candidate_entries(inbox: Path) -> Iterator[tuple[bytes, os.stat_result]]:
-    """The inbox's candidate entries and their lstat, without following links; nothing if the
-    folder is gone (the next pass makes it again) or an entry vanished meanwhile."""
+def split_profile(name: bytes) -> tuple[str | None, bytes]:
+    """(profile, file name) of an inbox entry's name: b"spanish/talk.mp3" is ("spanish",
+    b"talk.mp3"); an entry of the inbox itself has no profile."""
+    folder, slash, base = name.partition(b"/")
+    return (folder.decode("ascii"), base) if slash else (None, name)
+
+
+def candidate_entries(
+    inbox: Path, profiles: Iterable[str] = ()
+) -> Iterator[tuple[bytes, os.stat_result]]:
+    """The inbox's candidate entries and their lstat, without following links; a profile's
+    subfolder stands for its own entries (named b"NAME/FILE"), never for itself, and is read
+    only if it is a real folder (not a link). Nothing from a folder that is gone (the next pass
+    makes it again), nor an entry that vanished meanwhile."""
+    subfolders = {os.fsencode(name) for name in profiles}
+    for name, info in _entries(os.fsencode(inbox)):
+        if name in subfolders and stat.S_ISDIR(info.st_mode):
+            inner = os.path.join(os.fsencode(inbox), name)
+            for entry_name, entry_info in _entries(inner, follow=False):
+                yield name + b"/" + entry_name, entry_info
+        else:
+            yield name, info
+
+
+def _entries(folder: bytes, *, follow: bool = True) -> Iterator[tuple[bytes, os.stat_result]]:
+    # the inbox itself is where the configuration says (a link, maybe); a subfolder is read
+    # never through a link swapped in since it was seen
+    flags = os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC | (0 if follow else os.O_NOFOLLOW)
     try:
-        scan = os.scandir(os.fsencode(inbox))
+        fd = os.open(folder, flags)
     except OSError:
         return
-    with scan as entries:
-        for entry in entries:
-            if not is_candidate_name(entry.name):
-                continue
-            try:
-                yield entry.name, entry.stat(follow_symlinks=False)
-            except OSError:
-                continue
+    try:
+        with os.scandir(fd) as entries:
+            for entry in entries:
+                name = os.fsencode(entry.name)
+                if not is_candidate_name(name):
+                    continue
+                try:
+                    yield name, entry.stat(follow_symlinks=False)
+                except OSError:
+                    continue
+    finally:
+        os.close(fd)
 
 
-def list_inbox(inbox: Path) -> Listing:
-    """Scan the inbox without following links."""
+def list_inbox(inbox: Path, profiles: Iterable[str] = ()) -> Listing:
+    """Scan the inbox (and the profiles' subfolders) without following links."""
     files: dict[bytes, tuple[int, int, int]] = {}
     oddities: dict[bytes, tuple[tuple[int, int, int], str]] = {}
-    for name, info in candidate_entries(inbox):
+    for name, info in candidate_entries(inbox, profiles):
         key = (info.st_ino, info.st_size, info.st_mtime_ns)
         if stat.S_ISREG(info.st_mode) and info.st_nlink == 1:
             files[name] = key
@@ -179,17 +213,21 @@ class Claimer:
     """Moves settled files from the inbox into work/JOB/ and writes their job records."""
 
     def __init__(
-        self, config: Config, stems: StemRegistry, *, now: Callable[[], datetime] = utc_now
+        self, config: Config, stems: StemRegistries, *, now: Callable[[], datetime] = utc_now
     ) -> None:
         self.inbox = config.folder("inbox")
         self.work = config.folder("work")
         self.failed = config.folder("failed")
+        self.profiles = config.profile_names
         self.stems = stems
         self.now = now
 
     def claim(self, name: bytes, expected: tuple[int, int, int]) -> Journal | None:
-        """Claim one file; None if it vanished or changed (someone else claimed it, or the
-        writer is not done after all). Blocking: call from a thread."""
+        """Claim one file (b"NAME/FILE" for profile NAME's); None if it vanished or changed
+        (someone else claimed it, or the writer is not done after all). Blocking: call from a
+        thread."""
+        profile, base = split_profile(name)
+        stems = self.stems.of(profile)
         source = Path(os.fsdecode(os.path.join(os.fsencode(self.inbox), name)))
         try:
             info = source.lstat()
@@ -203,9 +241,13 @@ class Claimer:
         job_id = new_job_id(moment)
         display, name_b64 = encode_name(name)
         try:
-            queued = JobProgress(source=display, job_id=job_id, engine="", model="")
+            if profile is not None:  # outbox/NAME/: the daemon's own, made when missing
+                stems.folder.mkdir(exist_ok=True)
+            queued = JobProgress(
+                source=display, job_id=job_id, engine="", model="", profile=profile
+            )
             queued.started_at = queued.updated_at = isoformat(moment)
-            stem = self.stems.claim_unique(safe_stem(name), job_id, queued.as_dict(0.0))
+            stem = stems.claim_unique(safe_stem(base), job_id, queued.as_dict(0.0))
         except OSError as exc:  # the outbox cannot be written: claim nothing for now
             logger.warning("intake.claim_failed", source=display, error=exc.strerror)
             return None
@@ -215,10 +257,11 @@ class Claimer:
             display_name=display,
             name_b64=name_b64,
             stem=stem,
-            source_file="source" + source_suffix(name),
+            source_file="source" + source_suffix(base),
             claimed_at=isoformat(moment),
             state="claiming",
             source_key=list(expected),
+            profile=profile,
         )
         # The record goes first: a crash before the rename leaves a claiming record without a
         # source, which start-up removes; the file is still in the inbox.
@@ -232,7 +275,7 @@ class Claimer:
             if not isinstance(exc, FileNotFoundError):
                 logger.warning("intake.claim_failed", source=display, error=exc.strerror)
             journal.remove()
-            self.stems.abandon(stem, job_id)
+            stems.abandon(stem, job_id)
             return None
         failpoint("claim.renamed")
         journal.save(dataclasses.replace(record, state="claimed"))
@@ -240,14 +283,25 @@ class Claimer:
 
     def reject(self, name: bytes, kind: str) -> Path | None:
         """Move an entry that is not a recording (a link, a folder, a pipe) into failed/ with
-        NAME.error.json, without ever opening or following it. Returns the explanation's path,
-        None if the entry vanished. Blocking: call from a thread."""
+        NAME.error.json (failed/PROFILE/ for an entry of a profile's subfolder), without ever
+        opening or following it. Returns the explanation's path, None if the entry vanished.
+        Blocking: call from a thread."""
         entry = os.path.join(os.fsencode(self.inbox), name)
+        profile, base = split_profile(name)
+        failed = self.failed if profile is None else self.failed / profile
         display, _ = encode_name(name)
-        suffix = source_suffix(name)
-        stem = unique_path(self.failed, safe_stem(name), (suffix, ".error.json"))
+        suffix = source_suffix(base)
         reason, hint = ODDITIES[kind]
-        target = self.failed / f"{stem}{suffix}"
+        if kind == "directory" and profile is None and self.profiles:
+            reason += f" (the profiles configured: {', '.join(self.profiles)})"
+        try:
+            if profile is not None:  # failed/NAME/: the daemon's own, made when missing
+                failed.mkdir(exist_ok=True)
+            stem = unique_path(failed, safe_stem(base), (suffix, ".error.json"))
+        except OSError as exc:  # failed/ cannot be written: try again at the next pass
+            logger.warning("intake.reject_failed", source=display, error=exc.strerror)
+            return None
+        target = failed / f"{stem}{suffix}"
         try:
             os.rename(entry, target)
             moved_to: Path | None = target
@@ -258,7 +312,7 @@ class Claimer:
             moved_to = None
         try:
             return write_explanation(
-                self.failed,
+                failed,
                 stem,
                 source=display,
                 job_id=None,
@@ -271,7 +325,7 @@ class Claimer:
             return None
 
 
-def ensure_inbox(inbox: Path) -> int:
+def ensure_inbox(inbox: Path) -> int | None:
     """The inbox's inode, recreating the folder if someone removed it. Blocking."""
     try:
         return inbox.stat().st_ino
@@ -279,6 +333,74 @@ def ensure_inbox(inbox: Path) -> int:
         inbox.mkdir(parents=True, exist_ok=True)
         logger.warning("intake.inbox_recreated", inbox=str(inbox))
         return inbox.stat().st_ino
+
+
+def ensure_subfolder(folder: Path) -> int | None:
+    """A profile's subfolder of the inbox: its inode, made again if removed; None while it
+    cannot be watched (the inbox is gone, or a link or a file has its name: never followed,
+    the scan rejects it like any entry, and the folder is made again after). Blocking."""
+    try:
+        info = folder.lstat()
+    except FileNotFoundError:
+        try:
+            folder.mkdir()
+            info = folder.lstat()
+        except OSError:
+            return None
+        logger.warning("intake.inbox_recreated", inbox=str(folder))
+    return info.st_ino if stat.S_ISDIR(info.st_mode) else None
+
+
+class WatchedFolder:
+    """One folder the intake watches (the inbox, or a profile's subfolder): its watcher only
+    pokes the scan, and is re-armed whenever the folder is replaced."""
+
+    def __init__(self, folder: Path, ensure: Callable[[Path], int | None]) -> None:
+        self.folder = folder
+        self.ensure = ensure
+        self.inode: int | None = None
+        self.rearm = trio.Event()
+
+    async def serve(
+        self,
+        watcher: Watcher,
+        wake: Callable[[], None],
+        task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
+    ) -> None:
+        task_status.started()
+        while True:
+            self.rearm = trio.Event()
+            if self.inode is None:  # nothing to watch until the scan has made the folder
+                await self.rearm.wait()
+                continue
+            with trio.CancelScope() as scope:
+
+                async def cancel_on_rearm(event: trio.Event = self.rearm) -> None:
+                    await event.wait()
+                    scope.cancel()
+
+                async with trio.open_nursery() as nursery:
+                    nursery.start_soon(cancel_on_rearm)
+                    failed = True
+                    try:
+                        async for _ in watcher(self.folder):
+                            wake()
+                    except Exception as exc:
+                        logger.warning(
+                            "intake.watcher_failed", folder=str(self.folder), error=repr(exc),
+                            retry_in=WATCHER_RESTART_DELAY,
+                        )  # fmt: skip
+                    else:
+                        failed = False
+                    nursery.cancel_scope.cancel()
+            wake()  # whatever was missed meanwhile, the rescan finds
+            failed = failed and not scope.cancelled_caught
+            await trio.sleep(WATCHER_RESTART_DELAY if failed else WATCHER_REARM_DELAY)
+            await trio.to_thread.run_sync(self.ensure, self.folder)
+
+
+def _ensure_all(folders: list[WatchedFolder]) -> list[int | None]:
+    return [watched.ensure(watched.folder) for watched in folders]
 
 
 async def serve_intake(
@@ -290,62 +412,44 @@ async def serve_intake(
     pause_reason: Callable[[], str | None] = lambda: None,
     task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
 ) -> None:
-    """Scan, watch and rescan the inbox forever, sending each claimed job down `claimed`.
+    """Scan, watch and rescan the inbox and the profiles' subfolders forever, sending each
+    claimed job down `claimed`.
 
     Sending blocks until a job worker is free, so files wait in the inbox (not in work/) while
     the daemon is busy: backpressure, and other daemons sharing the inbox can take them. While
     `pause_reason()` says why (a full disk, a folder that cannot be written, a suspended
-    engine), nothing is claimed: files stay in the inbox, untouched. A removed inbox is made
-    again and the watcher re-armed on the new folder.
+    engine), nothing is claimed: files stay in the inbox, untouched. A removed inbox (or
+    subfolder) is made again and its watcher re-armed on the new folder.
     """
     inbox = config.folder("inbox")
+    profiles = config.profile_names
     tracker = SettleTracker(config.settle_interval)
     poke = trio.Event()
     paused_for: str | None = None
-    watched_inode = await trio.to_thread.run_sync(ensure_inbox, inbox)
-    rearm = trio.Event()
+    folders = [WatchedFolder(inbox, ensure_inbox)]
+    folders += [WatchedFolder(inbox / name, ensure_subfolder) for name in profiles]
+    for watched, inode in zip(
+        folders, await trio.to_thread.run_sync(_ensure_all, folders), strict=True
+    ):
+        watched.inode = inode
 
-    async def serve_watcher(task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        nonlocal poke, rearm
-        task_status.started()
-        while True:
-            rearm = trio.Event()
-            with trio.CancelScope() as scope:
-
-                async def cancel_on_rearm(event: trio.Event = rearm) -> None:
-                    await event.wait()
-                    scope.cancel()
-
-                async with trio.open_nursery() as nursery:
-                    nursery.start_soon(cancel_on_rearm)
-                    failed = True
-                    try:
-                        async for _ in watcher(inbox):
-                            poke.set()
-                    except Exception as exc:
-                        logger.warning(
-                            "intake.watcher_failed", error=repr(exc), retry_in=WATCHER_RESTART_DELAY
-                        )
-                    else:
-                        failed = False
-                    nursery.cancel_scope.cancel()
-            poke.set()  # whatever was missed meanwhile, the rescan finds
-            failed = failed and not scope.cancelled_caught
-            await trio.sleep(WATCHER_RESTART_DELAY if failed else WATCHER_REARM_DELAY)
-            await trio.to_thread.run_sync(ensure_inbox, inbox)
+    def wake() -> None:
+        poke.set()
 
     async with claimed, trio.open_nursery() as nursery:
-        # the watcher first, then the scan: nothing that lands in between is missed
-        await nursery.start(serve_watcher)
+        # the watchers first, then the scan: nothing that lands in between is missed
+        for watched in folders:
+            await nursery.start(watched.serve, watcher, wake)
         task_status.started()
         while True:
             poke = trio.Event()
-            inode = await trio.to_thread.run_sync(ensure_inbox, inbox)
-            if inode != watched_inode:
-                watched_inode = inode
-                logger.info("intake.watcher_rearmed", inbox=str(inbox))
-                rearm.set()
-            listing = await trio.to_thread.run_sync(list_inbox, inbox)
+            inodes = await trio.to_thread.run_sync(_ensure_all, folders)
+            for watched, inode in zip(folders, inodes, strict=True):
+                if inode != watched.inode:
+                    watched.inode = inode
+                    logger.info("intake.watcher_rearmed", inbox=str(watched.folder))
+                    watched.rearm.set()
+            listing = await trio.to_thread.run_sync(list_inbox, inbox, profiles)
             reason = pause_reason()
             if reason != paused_for:
                 if reason:

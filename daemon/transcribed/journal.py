@@ -2,7 +2,8 @@
 
     work/JOB/job.json            who the job is: ids, the original name, the output stem,
                                  the source's identity at claim, attempts (crashes without
-                                 progress), the piece limits fixed at first planning
+                                 progress), the piece limits fixed at first planning, the
+                                 profile whose inbox subfolder it came from
     work/JOB/source.EXT          the claimed recording (renamed here from the inbox)
     work/JOB/pieces/NNNNNN.json  one finished piece: its span and the engine's segments
 
@@ -26,9 +27,10 @@ from typing import Any
 import structlog
 
 from transcribed.atomic import atomic_write_json
+from transcribed.config import is_profile_name
 from transcribed.engines.base import PieceResult, Segment
 from transcribed.failpoints import failpoint
-from transcribed.naming import StemRegistry
+from transcribed.naming import StemRegistries
 from transcribed.planning import PieceLimits, PieceSpan
 
 logger = structlog.get_logger()
@@ -43,9 +45,10 @@ class JobRecord:
     """The contents of job.json."""
 
     job_id: str
-    display_name: str  # the original name, printable (undecodable bytes escaped)
-    name_b64: str  # the original name's exact bytes
-    stem: str  # outputs are OUTBOX/STEM.txt etc.
+    # the original name (PROFILE/NAME for a profile's), printable (undecodable bytes escaped)
+    display_name: str
+    name_b64: str  # the original name's exact bytes (PROFILE/NAME for a profile's)
+    stem: str  # outputs are OUTBOX/STEM.txt etc. (OUTBOX/PROFILE/STEM.txt for a profile's)
     source_file: str  # name of the source inside work/JOB/
     claimed_at: str
     # consecutive runs that started and never ended (the process died), without a new piece
@@ -59,6 +62,8 @@ class JobRecord:
     limits: dict[str, float] | None = None
     outputs: list[str] | None = None  # once published
     error: dict[str, str] | None = None  # once failed: error, reason, what_to_do
+    # the [profiles.NAME] whose subfolder of the inbox it came from; None: the inbox itself
+    profile: str | None = None
 
     def as_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -81,7 +86,11 @@ class Journal:
         try:
             data = json.loads((self.folder / JOB_FILE).read_text("utf-8"))
             fields = {f.name for f in dataclasses.fields(JobRecord)}
-            return JobRecord(**{k: v for k, v in data.items() if k in fields})
+            record = JobRecord(**{k: v for k, v in data.items() if k in fields})
+            if record.profile is not None and not is_profile_name(str(record.profile)):
+                # it names subfolders: a damaged one must never make a path outside them
+                raise ValueError(f"no profile is named {record.profile!r}")
+            return record
         except (ValueError, TypeError, UnicodeDecodeError) as exc:
             raise CorruptJob(f"{self.folder / JOB_FILE} is unreadable: {exc}") from exc
 
@@ -175,7 +184,7 @@ def sweep_trash(work: Path) -> None:
 
 def recover_work(
     work: Path,
-    stems: StemRegistry,
+    stems: StemRegistries,
     *,
     quarantine: Callable[[Path, str], None],
 ) -> list[Journal]:
@@ -207,9 +216,11 @@ def recover_work(
         if record.state == "claiming" and not (journal.folder / record.source_file).exists():
             journal.remove()
             continue
-        stems.reserve(record.stem)
+        stems.of(record.profile).reserve(record.stem)
         resumable.append((record.claimed_at, journal))
     # names reserved by claims that died before their record was written (or were removed just
     # now) are free again; the files are still in the inbox
-    stems.sweep_placeholders({journal.folder.name for _, journal in resumable})
+    live = {journal.folder.name for _, journal in resumable}
+    for registry in stems:
+        registry.sweep_placeholders(live)
     return [journal for _, journal in sorted(resumable, key=lambda item: item[0])]

@@ -3,7 +3,7 @@
 File names are untrusted bytes. `display_name` makes one safe to print and log, `safe_stem`
 makes an output stem of it (no path tricks, no leading dot or dash, never one that could be read
 as another job's progress file), `unique_path` never overwrites, and `StemRegistry` makes sure
-two jobs never share an output name.
+two jobs never share an output name in one output folder (`StemRegistries`: one for each).
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ import os
 import secrets
 import threading
 import unicodedata
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from datetime import datetime
 from pathlib import Path
 
@@ -169,3 +169,31 @@ class StemRegistry:
         finally:
             temp.unlink(missing_ok=True)
         return True
+
+
+class StemRegistries:
+    """The StemRegistry of each output folder: the outbox's for the inbox's own recordings, and
+    outbox/NAME/'s for profile NAME's. One is made on first use, so a job whose profile has left
+    the configuration since it was claimed still keeps its names."""
+
+    def __init__(
+        self, outbox: Path, *, owner: Path | None = None, profiles: Iterable[str] = ()
+    ) -> None:
+        self.outbox = outbox
+        self.owner = owner
+        self._registries: dict[str | None, StemRegistry] = {}
+        self._lock = threading.Lock()
+        for profile in (None, *profiles):
+            self.of(profile)
+
+    def of(self, profile: str | None) -> StemRegistry:
+        with self._lock:
+            registry = self._registries.get(profile)
+            if registry is None:
+                folder = self.outbox if profile is None else self.outbox / profile
+                registry = self._registries[profile] = StemRegistry(folder, owner=self.owner)
+            return registry
+
+    def __iter__(self) -> Iterator[StemRegistry]:
+        with self._lock:
+            return iter(list(self._registries.values()))

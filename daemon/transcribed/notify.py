@@ -5,7 +5,7 @@ The summary (one JSON object, the same for both hooks; documented in the README)
     {"source": "hearing.mp3", "job_id": "...", "outcome": "done" | "failed",
      "outputs": ["/…/outbox/hearing.txt", …], "error": null | "too_long", "reason": null | "…",
      "what_to_do": null | "…", "seconds": 812.4, "audio_seconds": 3600.0, "cost": 0.36,
-     "finished_at": "2026-12-01T18:22:57Z"}
+     "finished_at": "2026-12-01T18:22:57Z", "profile": null | "spanish"}
 
 A hook that fails, hangs past notify.timeout, or cannot be started is logged
 (`notify.failed`) and changes nothing else: the job is concluded before the hooks run. The
@@ -57,6 +57,7 @@ def job_report(
         else round(progress.audio_seconds_total, 2),
         "cost": round(progress.spent_cost, 4),
         "finished_at": finished_at,
+        "profile": record.profile,
     }
 
 

@@ -57,6 +57,7 @@ class JobProgress:
     updated_at: str = ""
     finished_at: str | None = None
     outputs: list[str] = field(default_factory=list)
+    profile: str | None = None  # the [profiles.NAME] of its inbox subfolder, if any
     # not published: for the rate estimate
     transcribing_since: float | None = None
     audio_done_at_start: float = 0.0
@@ -113,6 +114,7 @@ class JobProgress:
             "updated_at": self.updated_at,
             "finished_at": self.finished_at,
             "outputs": self.outputs,
+            "profile": self.profile,
         }
 
 
@@ -128,11 +130,14 @@ class ProgressBoard:
         self._changed = trio.Event()
         self._flushed = trio.Event()
 
-    def add(self, progress: JobProgress, stem: str) -> JobProgress:
+    def add(self, progress: JobProgress, stem: str, *, folder: Path | None = None) -> JobProgress:
+        """Track a job; its file is STEM.progress.json in `folder` (a profile's subfolder of the
+        outbox), by default in the board's own folder; no file at all for a board without one."""
         progress.started_at = progress.started_at or isoformat(self.now())
         self.jobs[progress.job_id] = progress
         if self.folder is not None:
-            self._paths[progress.job_id] = self.folder / f"{stem}{PROGRESS_SUFFIX}"
+            where = self.folder if folder is None else folder
+            self._paths[progress.job_id] = where / f"{stem}{PROGRESS_SUFFIX}"
         self.touch(progress)
         return progress
 

@@ -3,6 +3,7 @@
     inbox/          entries waiting: settling (still changing) or queued (settled, no free worker)
     outbox/*.progress.json   jobs: running or waiting (with the reason), done (with outputs)
     failed/*.error.json      failed (a fault of the service or the daemon) or rejected (the file's)
+    (each profile's subfolders of these too: names shown as NAME/FILE, relative to the folder)
     work/.lock      held (flock) by a running daemon, with its pid; absent or unlocked means none
                     runs, so a job whose progress file is not final is shown as `stopped`
 
@@ -77,12 +78,17 @@ def daemon_state(work: Path) -> DaemonState:
 
 
 def inbox_entries(
-    inbox: Path, settle_interval: float, *, now: Callable[[], float] = time.time
+    inbox: Path,
+    settle_interval: float,
+    *,
+    profiles: Iterable[str] = (),
+    now: Callable[[], float] = time.time,
 ) -> tuple[int, list[dict[str, Any]]]:
-    """(how many entries wait in the inbox, the oldest INBOX_SHOWN of them described)."""
+    """(how many entries wait in the inbox and the profiles' subfolders, the oldest
+    INBOX_SHOWN of them described)."""
     found: list[dict[str, Any]] = []
     moment = now()
-    for name, info in candidate_entries(inbox):
+    for name, info in candidate_entries(inbox, profiles):
         age = max(0.0, moment - info.st_mtime)
         found.append(
             {
@@ -96,22 +102,27 @@ def inbox_entries(
     return len(found), found[:INBOX_SHOWN]
 
 
-def _newest_first(folder: Path, suffix: str) -> list[Path]:
-    try:
-        entries = [
-            e
-            for e in os.scandir(folder)
-            if e.name.endswith(suffix) and e.is_file(follow_symlinks=False)
-        ]
-    except OSError:
-        return []
+def _newest_first(
+    folder: Path, suffix: str, profiles: Iterable[str] = ()
+) -> list[tuple[str, Path]]:
+    """(prefix, path) of the folder's files ending in `suffix`, and of each profile's subfolder
+    of it (prefix "NAME/"), newest first."""
     stamped = []
-    for entry in entries:
+    for prefix, where in [("", folder), *((f"{name}/", folder / name) for name in profiles)]:
         try:
-            stamped.append((entry.stat(follow_symlinks=False).st_mtime_ns, entry.path))
+            entries = [
+                e
+                for e in os.scandir(where)
+                if e.name.endswith(suffix) and e.is_file(follow_symlinks=False)
+            ]
         except OSError:
             continue
-    return [Path(path) for _, path in sorted(stamped, reverse=True)]
+        for entry in entries:
+            try:
+                stamped.append((entry.stat(follow_symlinks=False).st_mtime_ns, prefix, entry.path))
+            except OSError:
+                continue
+    return [(prefix, Path(path)) for _, prefix, path in sorted(stamped, reverse=True)]
 
 
 def _read_json(path: Path) -> dict[str, Any] | None:
@@ -123,15 +134,18 @@ def _read_json(path: Path) -> dict[str, Any] | None:
 
 
 def read_progress(
-    outbox: Path, *, done_limit: int | None = None
+    outbox: Path, *, done_limit: int | None = None, profiles: Iterable[str] = ()
 ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
-    """(jobs not concluded, jobs done newest first) from the outbox's progress files."""
+    """(jobs not concluded, jobs done newest first) from the outbox's progress files; a
+    profile's job's `outputs` are named relative to the outbox (NAME/FILE), as it serves them."""
     active: list[dict[str, Any]] = []
     done: list[dict[str, Any]] = []
-    for path in _newest_first(outbox, PROGRESS_SUFFIX):
+    for prefix, path in _newest_first(outbox, PROGRESS_SUFFIX, profiles):
         data = _read_json(path)
         if data is None:
             continue
+        if prefix and isinstance(data.get("outputs"), list):
+            data["outputs"] = [f"{prefix}{name}" for name in data["outputs"]]
         state = data.get("state")
         if state == "done":
             if done_limit is None or len(done) < done_limit:
@@ -142,12 +156,12 @@ def read_progress(
 
 
 def read_failures(
-    failed: Path, *, limit: int | None = None
+    failed: Path, *, limit: int | None = None, profiles: Iterable[str] = ()
 ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
-    """(failed, rejected) from failed/*.error.json, newest first."""
+    """(failed, rejected) from failed/*.error.json (and failed/NAME/), newest first."""
     failures: list[dict[str, Any]] = []
     rejected: list[dict[str, Any]] = []
-    for path in _newest_first(failed, ERROR_SUFFIX):
+    for prefix, path in _newest_first(failed, ERROR_SUFFIX, profiles):
         data = _read_json(path)
         if data is None:
             continue
@@ -159,7 +173,7 @@ def read_failures(
             "what_to_do": data.get("what_to_do"),
             "moved_to": data.get("moved_to"),
             "failed_at": data.get("failed_at"),
-            "explanation": path.name,
+            "explanation": prefix + path.name,
         }
         target = failures if data.get("error") in FAILURE_CODES else rejected
         if limit is None or len(target) < limit:
@@ -218,15 +232,16 @@ def collect(
         if live_jobs is None
         else DaemonState(running=True, pid=os.getpid())
     )
-    inbox_count, inbox = inbox_entries(folders["inbox"], config.settle_interval)
-    active, done = read_progress(folders["outbox"], done_limit=done_limit)
+    profiles = config.profile_names
+    inbox_count, inbox = inbox_entries(folders["inbox"], config.settle_interval, profiles=profiles)
+    active, done = read_progress(folders["outbox"], done_limit=done_limit, profiles=profiles)
     if live_jobs is not None:
         active = live_jobs
     known = {str(job.get("job_id")) for job in active} | {str(job.get("job_id")) for job in done}
     active = active + read_claimed(folders["work"], known)
     if not state.running:
         active = mark_stopped(active)
-    failures, rejected = read_failures(folders["failed"], limit=failure_limit)
+    failures, rejected = read_failures(folders["failed"], limit=failure_limit, profiles=profiles)
     return {
         "root": str(config.root),
         "daemon": {"running": state.running, "pid": state.pid},

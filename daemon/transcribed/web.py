@@ -8,6 +8,7 @@
     GET /metrics          Prometheus text format (metrics.py)
     GET /outbox/NAME      a transcript, only if a done job's progress file lists NAME as one
                           of its outputs, and only a regular file (never a link) in the outbox
+                          (or PROFILE/NAME, in a profile's subfolder of it, never a link either)
 
 Why h11 over Trio sockets rather than hypercorn: the server is five read-only routes on
 loopback, and h11 (already installed with httpx) gives exactly the HTTP/1.1 parsing and
@@ -237,25 +238,37 @@ class StatusSite:
 
     def published_outputs(self) -> set[str]:
         """Every output name a done job's progress file lists (blocking)."""
-        _, done = status.read_progress(self.outbox)
+        _, done = status.read_progress(self.outbox, profiles=self.config.profile_names)
         return {str(name) for job in done for name in job.get("outputs") or []}
 
     def read_transcript(self, name: str) -> bytes | None:
-        """The bytes of outbox/NAME if the daemon published it and it is a regular file."""
+        """The bytes of outbox/NAME (or outbox/PROFILE/NAME) if the daemon published it and it
+        is a regular file, reached through no link."""
         if name not in self.published_outputs():
             return None
+        subfolder, _, base = name.rpartition("/")
         try:
             directory = os.open(self.outbox, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
         except OSError:
             return None
         try:
+            if subfolder:
+                outer, directory = directory, -1
+                try:
+                    directory = os.open(
+                        subfolder, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC,
+                        dir_fd=outer,
+                    )  # fmt: skip
+                finally:
+                    os.close(outer)
             fd = os.open(
-                name, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, dir_fd=directory
+                base, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, dir_fd=directory
             )
         except OSError:
             return None
         finally:
-            os.close(directory)
+            if directory >= 0:
+                os.close(directory)
         with os.fdopen(fd, "rb") as handle:
             info = os.fstat(handle.fileno())
             if not stat.S_ISREG(info.st_mode) or info.st_size > MAX_TRANSCRIPT_BYTES:
@@ -291,8 +304,11 @@ class StatusSite:
             return _json(200 if healthy else 503, report)
         if path == "/metrics":
             count, _ = await trio.to_thread.run_sync(
-                status.inbox_entries, self.config.folder("inbox"), self.config.settle_interval
-            )
+                partial(
+                    status.inbox_entries, self.config.folder("inbox"),
+                    self.config.settle_interval, profiles=self.config.profile_names,
+                )
+            )  # fmt: skip
             return Reply(
                 status=200,
                 body=self.metrics.render(self.services.board, count),
@@ -305,12 +321,13 @@ class StatusSite:
 
     async def transcript(self, name: str) -> Reply:
         suffix = os.path.splitext(name)[1]
+        subfolder, _, base = name.rpartition("/")
         if (
-            not name
-            or "/" in name
+            not base
+            or (subfolder and subfolder not in self.config.profile_names)
             or "\\" in name
             or "\x00" in name
-            or name in (".", "..")
+            or base in (".", "..")
             or suffix not in OUTPUT_SUFFIXES
         ):
             return _text(404, "not found\n")
@@ -319,7 +336,7 @@ class StatusSite:
             return _text(404, "not found\n")
         # a document downloads; the text formats show in the browser
         how = "attachment" if suffix == ".docx" else "inline"
-        disposition = f"{how}; filename*=UTF-8''" + _rfc5987(name)
+        disposition = f"{how}; filename*=UTF-8''" + _rfc5987(base)
         return Reply(
             status=200,
             body=body,

@@ -2,14 +2,26 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator, Callable
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 
 from transcribed.config import Config
 from transcribed.engines.base import Engine, EngineTraits, PieceResult, Segment
 from transcribed.gate import Gate
 
-__all__ = ["Engine", "EngineTraits", "PieceResult", "Segment", "gate_for", "open_engine"]
+__all__ = [
+    "Engine",
+    "EngineFactory",
+    "EngineTraits",
+    "PieceResult",
+    "Segment",
+    "engine_settings",
+    "gate_for",
+    "open_engine",
+]
+
+# how the daemon opens an engine for a configuration (open_engine, or a test's)
+EngineFactory = Callable[[Config], AbstractAsyncContextManager[Engine]]
 
 
 @asynccontextmanager
@@ -25,6 +37,14 @@ async def open_engine(config: Config) -> AsyncIterator[Engine]:
 
     async with open_embedded_engine(config.embedded) as engine:
         yield engine
+
+
+def engine_settings(config: Config) -> object:
+    """What of the configuration the engine `open_engine` opens is built from: configurations
+    with equal settings (a profile that changes only outputs, say) can share one engine."""
+    if config.engine == "openai":
+        return ("openai", config.openai)
+    return ("embedded", config.embedded)
 
 
 def gate_for(config: Config, traits: EngineTraits) -> Gate:

@@ -9,9 +9,12 @@ Each variant encodes `--pieces` pieces of 60-90 s of real speech (16 kHz mono in
 moonshine-voice wheel's recordings looped) at once, as the OpenAI engine's `prepare` does when
 16 requests are in flight, to mp3 at 32 kbit/s with LAME's fastest quality:
 
-  ffmpeg    the engine's encode_piece: one ffmpeg child per piece (libmp3lame, bit-exact),
+  ffmpeg    what the engine did before: one ffmpeg child per piece (libmp3lame, bit-exact),
             writing into a memfd so the muxer can go back and write the LAME/Info header
   lameenc   lameenc's Encoder (LAME 3.100 linked in) alone, in a worker thread per piece
+  daemon    transcribed.engines.openai.encode_piece as the engine runs it now: lameenc behind
+            the LAME/Info frame of engines/mp3.py, one worker thread at a time (LAME holds the
+            GIL: more threads only take turns with the event loop)
   pyav      PyAV's libmp3lame into an in-memory mp3 container (seekable, so it writes the
             Info header), bit-exact flags, in a worker thread per piece
 
@@ -54,10 +57,11 @@ import trio
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "daemon"))
 
+from transcribed.engines.openai import encode_piece, upload_format  # noqa: E402
 
 SAMPLE_RATE = 16000
 BITRATE = 32
-VARIANTS = ("ffmpeg", "lameenc", "pyav")
+VARIANTS = ("ffmpeg", "lameenc", "daemon", "pyav")
 ENCODER_DELAY = 1105  # LAME's priming samples at 16 kHz (576 + 529)
 # In-process encoders are fed a second at a time: LAME converts a whole call's input to float
 # buffers first, so one call with a 90 s piece holds ~12 MB more until it returns (measured:
@@ -141,8 +145,7 @@ def pyav_encoder() -> Callable[[np.ndarray], bytes]:
 
 
 async def ffmpeg_child(audio: np.ndarray) -> bytes:
-    """The engine's encoder (transcribed.engines.openai.encode_piece, its arguments copied so
-    this row stays what it is if the engine changes): an ffmpeg child per piece, its mp3
+    """The engine's encoder before it moved in-process: an ffmpeg child per piece, its mp3
     written into a memfd (seekable: the muxer goes back to write the LAME/Info header)."""
     memory = os.memfd_create("piece", os.MFD_CLOEXEC)
     command = [
@@ -236,10 +239,14 @@ async def encode_all(
     variant: str, audio: list[np.ndarray], encoder: Callable[[np.ndarray], bytes] | None
 ) -> list[bytes]:
     outputs: list[bytes] = [b""] * len(audio)
+    fmt = upload_format("mp3", BITRATE)
+    one_at_a_time = trio.CapacityLimiter(1)  # as the engine holds it
 
     async def one(index: int) -> None:
         if variant == "ffmpeg":
             outputs[index] = await ffmpeg_child(audio[index])
+        elif variant == "daemon":
+            outputs[index] = await encode_piece(audio[index], fmt, limiter=one_at_a_time)
         else:
             assert encoder is not None
             outputs[index] = await trio.to_thread.run_sync(encoder, audio[index])

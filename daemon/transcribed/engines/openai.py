@@ -1,8 +1,9 @@
 """The OpenAI-compatible HTTP engine: one piece → `POST {base_url}/audio/transcriptions`.
 
-Called directly with httpx (no SDK). Each piece's PCM is encoded in memory through an ffmpeg
-pipe (compact mp3 by default, no temp files), sent as multipart form data with OpenAI's field
-names (array fields as `name[]`), and the answer parsed by the format that was asked for.
+Called directly with httpx (no SDK). Each piece's PCM is encoded in memory once, before it
+queues for a request slot (compact mp3 by LAME in-process by default, flac or wav through an
+ffmpeg pipe; no temp files), sent as multipart form data with OpenAI's field names (array
+fields as `name[]`), and the answer parsed by the format that was asked for.
 
 Errors are classified once, here, at the transport edge (`classify_response`,
 `classify_transport_error`): a status code or a transport exception becomes RetryableError,
@@ -28,6 +29,7 @@ logged, put in an exception, or passed to a child process.
 from __future__ import annotations
 
 import email.utils
+import functools
 import json
 import math
 import os
@@ -52,6 +54,7 @@ from transcribed.config import OpenAIConfig, shown
 from transcribed.engines.base import EngineTraits, PieceResult, PreparedPiece, Segment, Word
 from transcribed.engines.latency import AnswerWatch, LatencyModel
 from transcribed.engines.models import ModelSpec, check_options, model_spec
+from transcribed.engines.mp3 import encode_mp3
 from transcribed.errors import (
     AnswersUnusableError,
     ConfigError,
@@ -90,14 +93,15 @@ ERROR_BODY_LIMIT = 64 * 1024  # an error's message is a sentence; a proxy's page
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class UploadFormat:
-    """How a piece is encoded for upload; `bytes_per_second` is an upper bound of its size."""
+    """How a piece is encoded for upload; `bytes_per_second` is an upper bound of its size.
+    An mp3 is encoded in the daemon's process by LAME at `lame_bitrate` (engines/mp3.py);
+    anything else by an ffmpeg child with `ffmpeg_args`."""
 
     suffix: str
     mime: str
     ffmpeg_args: tuple[str, ...]
     bytes_per_second: float
-    # the muxer must seek back to write a header (mp3's LAME/Info with the encoder delay)
-    seekable_output: bool = False
+    lame_bitrate: int | None = None
 
 
 def upload_format(name: str, bitrate: int = 32) -> UploadFormat:
@@ -106,18 +110,9 @@ def upload_format(name: str, bitrate: int = 32) -> UploadFormat:
         return UploadFormat(
             suffix="mp3",
             mime="audio/mpeg",
-            ffmpeg_args=(
-                "-c:a",
-                "libmp3lame",
-                "-b:a",
-                f"{bitrate}k",
-                "-compression_level",
-                "9",
-                "-f",
-                "mp3",
-            ),
+            ffmpeg_args=(),
             bytes_per_second=bitrate * 1000 / 8 * 1.02,
-            seekable_output=True,
+            lame_bitrate=bitrate,
         )
     if name == "flac":
         # 16 kHz mono speech compresses to ~18 KB/s; noise can take it close to raw PCM
@@ -137,41 +132,48 @@ def upload_format(name: str, bitrate: int = 32) -> UploadFormat:
     raise ValueError(f"unknown upload format {name!r}")
 
 
-async def encode_piece(audio: np.ndarray, fmt: UploadFormat, *, timeout: float = 120.0) -> bytes:  # noqa: ASYNC109 - a stuck encoder is this function's own failure to report
-    """16 kHz mono int16 samples → the upload's bytes, through ffmpeg (no files on disk).
+async def encode_piece(
+    audio: np.ndarray,
+    fmt: UploadFormat,
+    *,
+    timeout: float = 120.0,  # noqa: ASYNC109 - a stuck encoder child is this function's own failure to report
+    limiter: trio.CapacityLimiter | None = None,
+) -> bytes:
+    """16 kHz mono int16 samples → the upload's bytes (no files on disk).
 
-    An mp3 is written to a seekable in-memory file (memfd), not a pipe: only then can the muxer
-    go back and write the LAME/Info header that tells a decoder to drop the encoder's 1105
-    priming samples. Through a pipe the header is missing and the server hears every piece
-    69 ms late (measured; see bench/timing.py). Other formats have no priming to declare.
+    An mp3 is encoded by LAME in a worker thread (`limiter`: LAME holds the GIL, so more than
+    one at a time only takes turns with the event loop), behind the LAME/Info header that
+    tells a decoder to drop the encoder's 1105 priming samples (without it the server hears
+    every piece 69 ms late; bench/timing.py). 16 ffmpeg children for 16 pieces at once
+    peaked at ~230 MiB PSS, LAME in-process under 10 MiB, with half the CPU
+    (bench/openai_encoder.py).
+    flac and wav go through an ffmpeg child, pipe to pipe: they have no priming to declare.
     """
-    memory = os.memfd_create("piece", os.MFD_CLOEXEC) if fmt.seekable_output else None
-    output = f"/dev/fd/{memory}" if memory is not None else "pipe:1"
+    if fmt.lame_bitrate is not None:
+        encode = functools.partial(encode_mp3, bitrate=fmt.lame_bitrate, sample_rate=SAMPLE_RATE)
+        try:
+            return await trio.to_thread.run_sync(encode, audio, limiter=limiter)
+        except ValueError as exc:
+            raise PermanentError(f"LAME could not encode a piece for upload: {exc}") from None
     command = [
         "ffmpeg", "-nostdin", "-hide_banner", "-loglevel", "error", "-threads", "1", "-y",
         "-f", "s16le", "-ar", str(SAMPLE_RATE), "-ac", "1", "-i", "pipe:0",
         "-map_metadata", "-1", "-fflags", "+bitexact", "-flags:a", "+bitexact",
-        *fmt.ffmpeg_args, output,
+        *fmt.ffmpeg_args, "pipe:1",
     ]  # fmt: skip
     payload = np.ascontiguousarray(audio, dtype="<i2").tobytes()
     try:
         with trio.fail_after(timeout):
             result = await trio.run_process(
                 command, stdin=payload, capture_stdout=True, capture_stderr=True, check=False,
-                env=child_environment(), pass_fds=() if memory is None else (memory,),
+                env=child_environment(),
             )  # fmt: skip
-        if result.returncode != 0:
-            detail = result.stderr.decode("utf-8", "replace").strip()[-300:]
-            raise PermanentError(f"ffmpeg could not encode a piece for upload: {detail}")
-        if memory is None:
-            return bytes(result.stdout)
-        size = os.fstat(memory).st_size
-        return os.pread(memory, size, 0)
     except trio.TooSlowError:
         raise RetryableError("encoding a piece for upload took too long") from None
-    finally:
-        if memory is not None:
-            os.close(memory)
+    if result.returncode != 0:
+        detail = result.stderr.decode("utf-8", "replace").strip()[-300:]
+        raise PermanentError(f"ffmpeg could not encode a piece for upload: {detail}")
+    return bytes(result.stdout)
 
 
 # ---------------------------------------------------------------- the API key
@@ -565,6 +567,7 @@ class OpenAIEngine:
         self._secret = api_key
         # shared by every request of every job: how long an answer may keep us waiting
         self.latency = LatencyModel(ceiling=config.request_timeout)
+        self._encoding = trio.CapacityLimiter(1)  # one LAME thread: it holds the GIL
 
     def form_fields(self) -> dict[str, str | list[str]]:
         """The form fields besides `file`, spelled as OpenAI's schema spells them."""
@@ -589,7 +592,7 @@ class OpenAIEngine:
         """Encode the upload once. The samples are kept only while a text-only answer may need
         timing from them (the model table says whether it can)."""
         seconds = len(audio) / SAMPLE_RATE
-        data = await encode_piece(audio, self.format)
+        data = await encode_piece(audio, self.format, limiter=self._encoding)
         if len(data) + _ENVELOPE_BYTES > self.config.max_upload_bytes:
             raise PermanentError(
                 f"a {seconds:.0f} s piece encoded to {len(data)} bytes, over the server's limit",

@@ -19,9 +19,13 @@ It speaks HTTP/1.1 (h11 over Trio sockets) and behaves like `POST /v1/audio/tran
   the connection closed without an answer), hang (the body read, no answer ever), slow (the
   answer comes `slow_seconds` late), quota (429 insufficient_quota), unauthorized (401 echoing
   part of the key, as OpenAI does), bad_request (400), billed_error (the whole service time,
-  billed, then a 500), bad_gateway / unavailable (a proxy's 502 / 503 at once). Faults come
-  from a script (the next requests, in order) or at random with a rate per kind (seeded); a
-  429 storm (`{"storm_seconds": N}` to /_control) refuses every request for N seconds;
+  billed, then a 500), bad_gateway / unavailable (a proxy's 502 / 503 at once), and answers
+  that cannot be trusted: trickle (the answer a few bytes every `trickle_interval` s over
+  `trickle_seconds`), stall (the headers and half the answer, then nothing ever), oversized (a
+  200 of `oversized_bytes` of JSON text, streamed, whatever the piece), oversized_error (a 500
+  as large), malformed (a 200 whose JSON is cut in half). Faults come from a script (the next
+  requests, in order) or at random with a rate per kind (seeded); a 429 storm
+  (`{"storm_seconds": N}` to /_control) refuses every request for N seconds;
 * spreads service times with a lognormal factor (`service_jitter`, mean 1) when asked, and
   counts what it billed and when the first request came;
 * with a `corpus` (speech_corpus.Corpus, a recording whose every word time is known), locates
@@ -49,6 +53,7 @@ import socket
 import struct
 import time
 from collections import Counter, deque
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -78,6 +83,7 @@ EXTENSIONS = {"flac", "m4a", "mp3", "mp4", "mpeg", "mpga", "oga", "ogg", "wav", 
 FAULTS = (
     "rate_limit", "server_error", "reset", "close_after_body", "hang", "slow", "quota",
     "unauthorized", "bad_request", "model_not_found", "billed_error", "bad_gateway", "unavailable",
+    "trickle", "stall", "oversized", "oversized_error", "malformed",
 )  # fmt: skip
 RETRYABLE_FAULTS = ("rate_limit", "server_error", "reset", "close_after_body", "hang", "slow")
 
@@ -100,6 +106,9 @@ class ServerSettings:
     slow_seconds: float = 2.0
     # the service time's spread: a lognormal factor of this sigma with mean 1 (0: none)
     service_jitter: float = 0.0
+    trickle_seconds: float = 40.0
+    trickle_interval: float = 1.0
+    oversized_bytes: int = 100 * 1024 * 1024
     # GET /v1/models: a listing of these models with these shutdown dates (None: no such route)
     shutdown_dates: dict[str, Any] | None = None
 
@@ -147,6 +156,14 @@ class _Reject(Exception):
 
 class _Drop(Exception):
     """Stop talking on this connection without an answer."""
+
+
+@dataclass(frozen=True, slots=True)
+class _Streamed:
+    """An answer sent in parts as they come (never held whole): `length` bytes in all."""
+
+    length: int
+    parts: AsyncIterator[bytes]
 
 
 class FakeOpenAI:
@@ -240,13 +257,18 @@ class FakeOpenAI:
             else:
                 raise _Drop
 
-    async def _send(self, stream: trio.SocketStream, connection: h11.Connection, status: int, body: bytes, headers: dict[str, str], *, close: bool = False) -> None:
+    async def _send(self, stream: trio.SocketStream, connection: h11.Connection, status: int, body: bytes | _Streamed, headers: dict[str, str], *, close: bool = False) -> None:
         self.stats.statuses[status] += 1
-        pairs = [("content-type", "application/json"), ("content-length", str(len(body))), *headers.items()]
+        length = body.length if isinstance(body, _Streamed) else len(body)
+        pairs = [("content-type", "application/json"), ("content-length", str(length)), *headers.items()]
         if close:
             pairs.append(("connection", "close"))
         await stream.send_all(connection.send(h11.Response(status_code=status, headers=pairs)))
-        await stream.send_all(connection.send(h11.Data(data=body)))
+        if isinstance(body, _Streamed):
+            async for part in body.parts:
+                await stream.send_all(connection.send(h11.Data(data=part)))
+        else:
+            await stream.send_all(connection.send(h11.Data(data=body)))
         await stream.send_all(connection.send(h11.EndOfMessage()))
 
     # -------------------------------------------------------------- one request
@@ -348,7 +370,7 @@ class FakeOpenAI:
             "x-ratelimit-reset-requests": f"{max(0, round(reset * 1000))}ms",
         }
 
-    async def _transcription(self, stream: trio.SocketStream, connection: h11.Connection, request: h11.Request, headers: dict[str, str]) -> tuple[int, bytes, dict[str, str]]:
+    async def _transcription(self, stream: trio.SocketStream, connection: h11.Connection, request: h11.Request, headers: dict[str, str]) -> tuple[int, bytes | _Streamed, dict[str, str]]:
         settings = self.settings
         self.stats.authorization.append(headers.get("authorization"))
         if request.method != b"POST" or request.target.decode() != "/v1/audio/transcriptions":
@@ -414,9 +436,21 @@ class FakeOpenAI:
         self.stats.billed_requests += 1
         if fault == "billed_error":  # the work was done (and billed), then the answer was lost
             raise _Reject(500, "The server had an error while processing your request. Sorry about that!", type_="server_error")
+        extra = {"openai-processing-ms": str(round(delay * 1000)), **self._limit_headers()}
+        encoded = json.dumps(answer).encode()
+        if fault == "oversized":
+            return 200, _oversized(settings.oversized_bytes), extra
+        if fault == "oversized_error":
+            return 500, _oversized(settings.oversized_bytes), extra
+        if fault == "malformed":
+            return 200, encoded[: len(encoded) // 2], extra
+        if fault == "stall":
+            return 200, _Streamed(len(encoded), _stalled(stream, encoded)), extra
         self.stats.answered[digest] += 1
         self.stats.answer_times.append(time.time())
-        return 200, json.dumps(answer).encode(), {"openai-processing-ms": str(round(delay * 1000)), **self._limit_headers()}
+        if fault == "trickle":
+            return 200, _Streamed(len(encoded), _trickled(encoded, settings.trickle_seconds, settings.trickle_interval)), extra
+        return 200, encoded, extra
 
     async def _answer(self, form: dict[str, list[str]], upload: tuple[str, str, bytes] | None) -> tuple[dict[str, Any], float]:
         for name in form:
@@ -484,6 +518,38 @@ def _reset(stream: trio.SocketStream) -> None:
 async def _wait_for_close(stream: trio.SocketStream) -> None:
     while await stream.receive_some(1 << 16):
         pass
+
+
+def _oversized(size: int) -> _Streamed:
+    """`size` bytes of one JSON object with a huge text, from one reused 64 KiB block."""
+    head, tail = b'{"text": "', b'"}'
+    block = b"word " * (65536 // 5)
+
+    async def parts() -> AsyncIterator[bytes]:
+        yield head
+        left = size - len(head) - len(tail)
+        while left > 0:
+            yield block[:left] if left < len(block) else block
+            left -= len(block)
+        yield tail
+
+    return _Streamed(size, parts())
+
+
+async def _trickled(body: bytes, seconds: float, interval: float) -> AsyncIterator[bytes]:
+    """The answer in equal parts, one every `interval` s, over `seconds` in all."""
+    count = max(1, min(len(body), round(seconds / interval)))
+    for number in range(count):
+        if number:
+            await trio.sleep(interval)
+        yield body[number * len(body) // count : (number + 1) * len(body) // count]
+
+
+async def _stalled(stream: trio.SocketStream, body: bytes) -> AsyncIterator[bytes]:
+    """Half the answer, then nothing until the client gives up and closes."""
+    yield body[: len(body) // 2]
+    await _wait_for_close(stream)
+    raise _Drop
 
 
 def _parse_form(content_type: str, body: bytes) -> tuple[str, dict[str, list[str]], tuple[str, str, bytes] | None]:

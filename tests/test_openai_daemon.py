@@ -247,3 +247,35 @@ async def test_a_day_long_retry_after_is_cut_to_the_configured_ceiling(tmp_path:
         state = await transcribe_once(tmp_path, url, media("hearing.mp3"), **{"openai.max_retry_after": 1})
     assert state["state"] == "done" and trio.current_time() - started < 30
     assert server.stats.injected["rate_limit"] == 1
+
+
+async def test_an_unusable_answer_costs_one_retry_and_a_second_makes_the_service_wait(tmp_path: Path, media: Callable[..., Path]) -> None:
+    """A 200 whose JSON is cut in half is retried once; when the retry is cut too, the job
+    waits (reason answers) with nothing failed and no third request, then finishes once the
+    server answers again; both unusable answers are in the spent cost's upper bound."""
+    async with serving() as (server, url):
+        server.script.extend(["malformed", "malformed"])
+        config = openai_config(tmp_path, url, **{"openai.quota_retry_interval": 1.5, "openai.max_concurrent_requests": 1})
+        async with daemon(config):
+            drop(tmp_path, media("hearing.mp3"), "hearing.mp3")
+            path = tmp_path / "outbox" / "hearing.progress.json"
+            await wait_until(lambda: path.exists() and progress(tmp_path, "hearing")["state"] == "waiting")
+            assert progress(tmp_path, "hearing")["waiting_reason"].startswith("answers: the server answered")
+            assert server.stats.requests == 2
+            state = await finished(tmp_path, "hearing")
+    assert state["state"] == "done" and state["retries"] == 1
+    assert not (tmp_path / "failed" / "hearing.error.json").exists()
+    assert state["cost"]["spent_upper_bound"] > state["cost"]["spent"] > 0
+
+
+async def test_a_request_that_may_have_been_billed_counts_in_the_spent_upper_bound(tmp_path: Path, media: Callable[..., Path]) -> None:
+    """A connection closed after the whole body was read may have been billed: the spent cost
+    counts answered pieces only, its upper bound adds the lost attempt (the one piece's price
+    again)."""
+    async with serving() as (server, url):
+        server.script.append("close_after_body")
+        state = await transcribe_once(tmp_path, url, media("hearing.mp3"), **{"openai.max_concurrent_requests": 1})
+    assert state["state"] == "done" and state["retries"] == 1
+    cost = state["cost"]
+    assert state["pieces"]["done"] == 1 and cost["spent"] > 0
+    assert abs(cost["spent_upper_bound"] - 2 * cost["spent"]) <= 0.0001

@@ -12,8 +12,12 @@
      ├── SourceChanged          the claimed file was still being written: start the job over
      └── EngineError            raised by engines at their transport edge
           ├── RetryableError    try again later (rate limit, 5xx, timeouts, a crashed worker)
-          │    └── UnreachableError  no answer at all (connection refused, reset, timeout, 502-504):
-          │                     once the retry budget is spent, the service pauses; no file fails
+          │    ├── UnreachableError  no answer at all (connection refused, reset, timeout, 502-504,
+          │    │                a request that hangs past the deadline learned from the answers
+          │    │                so far): once the retry budget is spent, the service pauses; no
+          │    │                file fails
+          │    └── UnusableAnswerError  a 200 whose body cannot be used (over the size its piece
+          │                     allows, not JSON, no text): billed, so a piece retries it once
           ├── PermanentError    retrying cannot help (a refused request); fails the job
           └── ServiceSuspended  the service cannot work at all until someone acts or time passes:
                │                all spending stops, jobs wait (state "waiting", `kind` as the
@@ -21,7 +25,9 @@
                ├── QuotaExhaustedError  the account's quota or budget is spent
                ├── KeyRefusedError      the API key was refused (401/403)
                ├── ModelUnavailableError  the model is unknown or retired (404 model_not_found)
-               └── ServerUnreachableError  the server stayed unreachable through a retry budget
+               ├── ServerUnreachableError  the server stayed unreachable through a retry budget
+               └── AnswersUnusableError  a piece's retry of an unusable 200 was unusable too:
+                                        the server (or a proxy) is broken, not the file
 
 Every error carries a `reason` (what went wrong, in words a clerk understands) and a `hint`
 (what to do about it). Decisions look at the type, never at the message.
@@ -121,6 +127,14 @@ class UnreachableError(RetryableError):
     code = "unreachable"
 
 
+class UnusableAnswerError(RetryableError):
+    """The server answered 200, but the body cannot be used: larger than its piece can need,
+    not JSON, or without text. The server has billed it, so a piece retries it once only; the
+    next one suspends the service (AnswersUnusableError)."""
+
+    code = "unusable_answer"
+
+
 class PermanentError(EngineError):
     """A failure that retrying the same request cannot fix."""
 
@@ -166,3 +180,12 @@ class ServerUnreachableError(ServiceSuspended):
 
     code = "unreachable"
     kind = "unreachable"
+
+
+class AnswersUnusableError(ServiceSuspended):
+    """A piece's answer was unusable again after its one retry: the server or a proxy in front
+    of it is broken. Each answer is billed, so spending stops rather than paying on; no file is
+    failed for the server's fault."""
+
+    code = "answers"
+    kind = "answers"

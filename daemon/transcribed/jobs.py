@@ -496,6 +496,7 @@ class PieceScheduler:
             audio_seconds_done=progress.audio_seconds_done
             + (span.keep_end - span.keep_start) / SAMPLE_RATE,
             spent_cost=progress.spent_cost + result.cost,
+            possibly_billed_cost=progress.possibly_billed_cost + result.possibly_billed_cost,
         )
 
 

@@ -51,6 +51,7 @@ class JobProgress:
     audio_seconds_done: float = 0.0
     estimated_cost: float = 0.0
     spent_cost: float = 0.0
+    possibly_billed_cost: float = 0.0  # attempts sent in full without a usable answer
     retries: int = 0
     last_error: str | None = None
     started_at: str = ""
@@ -107,6 +108,7 @@ class JobProgress:
             "cost": {
                 "estimated": round(self.estimated_cost, 4),
                 "spent": round(self.spent_cost, 4),
+                "spent_upper_bound": round(self.spent_cost + self.possibly_billed_cost, 4),
             },
             "retries": self.retries,
             "last_error": self.last_error,

@@ -11,9 +11,9 @@
                              file: the gate suspends all spending ("unreachable") and the piece
                              waits, then starts a fresh budget
       PermanentError       → raised at once
-      ServiceSuspended     → (quota, key, model) the gate suspends all spending; this piece
-                             waits (outside its deadline: a quota may take hours to top up) and
-                             starts again
+      ServiceSuspended     → (quota, key, model, unusable answers) the gate suspends all
+                             spending; this piece waits (outside its deadline: a quota may take
+                             hours to top up) and starts again
 
 Decisions look at exception types only. The deadline is a cancel scope armed when the first
 attempt gets its slot, so time spent queueing behind other jobs' pieces does not count.

@@ -92,6 +92,9 @@ class PieceResult:
 
     segments: list[Segment] = field(default_factory=list)
     cost: float = 0.0  # in US dollars; 0 for the embedded engine
+    # what this piece's earlier attempts may have cost with nothing to show for it (sent in
+    # full, then no usable answer: a hang, a 5xx, an unusable 200): the spent cost's upper bound
+    possibly_billed_cost: float = 0.0
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -113,6 +116,15 @@ class EngineTraits:
         return self.price_per_minute * seconds / 60.0
 
 
+@dataclass(slots=True, kw_only=True)
+class AttemptLedger:
+    """What a piece's attempts have cost so far without a usable answer, kept across its retries
+    (the one mutable part of a prepared piece)."""
+
+    possibly_billed_cost: float = 0.0  # US dollars the server may have billed for nothing
+    unusable_answers: int = 0  # answers that came back (billed) but could not be used
+
+
 @dataclass(frozen=True, slots=True, kw_only=True)
 class PreparedPiece:
     """A piece made ready for its engine once (an upload encoded, say), outside the gate's slot,
@@ -121,6 +133,7 @@ class PreparedPiece:
     seconds: float
     audio: np.ndarray | None = None
     payload: bytes = b""
+    ledger: AttemptLedger = field(default_factory=AttemptLedger, compare=False)
 
 
 class Engine(Protocol):

@@ -1,13 +1,24 @@
 """The OpenAI-compatible HTTP engine: one piece → `POST {base_url}/audio/transcriptions`.
 
-Called directly with httpx (no SDK). Each piece's PCM is encoded in memory through an ffmpeg
-pipe (compact mp3 by default, no temp files), sent as multipart form data with OpenAI's field
-names (array fields as `name[]`), and the answer parsed by the format that was asked for.
+Called directly with httpx (no SDK). Each piece's PCM is encoded in memory once, before it
+queues for a request slot (compact mp3 by LAME in-process by default, flac or wav through an
+ffmpeg pipe; no temp files), sent as multipart form data with OpenAI's field names (array
+fields as `name[]`), and the answer parsed by the format that was asked for.
 
 Errors are classified once, here, at the transport edge (`classify_response`,
 `classify_transport_error`): a status code or a transport exception becomes RetryableError,
 PermanentError or a ServiceSuspended (quota, key, model), and nothing above this module looks
 at HTTP again.
+
+Nothing the server sends is trusted to be small or timely. An answer is streamed and read up
+to a bound: a 200 to what its piece's length can need (`answer_limit`), an error to 64 KiB. A
+200 over its bound, or not JSON, or without text, is an UnusableAnswerError: it was billed, so
+the piece retries it once, and a second one suspends spending (AnswersUnusableError). A request
+whose upload went out and whose answer then stays silent for longer than the latency model
+allows (latency.py: learned from the answers so far; request_timeout stays the hard ceiling) is
+abandoned and retried. Every attempt that sent its whole upload and got nothing usable back
+(a hang, a reset after the body, a 5xx, an unusable 200) may have been billed: it is added to
+the piece's `possibly_billed_cost`, the spent cost's upper bound.
 Server messages are redacted before they go anywhere (a 401 from OpenAI echoes part of the
 key), and a 401 or 403 is reported with a fixed sentence only.
 
@@ -18,12 +29,14 @@ logged, put in an exception, or passed to a child process.
 from __future__ import annotations
 
 import email.utils
+import functools
 import json
 import math
 import os
 import re
 import ssl
 import time
+import zlib
 from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -39,8 +52,11 @@ import trio
 from transcribed import metrics
 from transcribed.config import OpenAIConfig, shown
 from transcribed.engines.base import EngineTraits, PieceResult, PreparedPiece, Segment, Word
+from transcribed.engines.latency import AnswerWatch, LatencyModel
 from transcribed.engines.models import ModelSpec, check_options, model_spec
+from transcribed.engines.mp3 import encode_mp3
 from transcribed.errors import (
+    AnswersUnusableError,
     ConfigError,
     EngineError,
     KeyRefusedError,
@@ -49,6 +65,7 @@ from transcribed.errors import (
     QuotaExhaustedError,
     RetryableError,
     UnreachableError,
+    UnusableAnswerError,
 )
 from transcribed.media import child_environment
 from transcribed.planning import SAMPLE_RATE, PieceLimits
@@ -62,6 +79,13 @@ OPENAI_UPLOAD_LIMIT = 26_214_400
 _ENVELOPE_BYTES = 64 * 1024
 CREDENTIAL_NAME = "openai_api_key"
 DEFAULT_BASE_URL = "https://api.openai.com/v1"
+# What a 200 may hold: verbose_json with word times takes 206 bytes per second of audio on the
+# fake server (2 words/s) and 342 on OpenAI's documented segment with its words at OpenAI's
+# float precision (3.3 words/s); a Whisper repetition loop is capped at 224 tokens per 30 s
+# window, ~650 bytes/s as verbose_json with words. 4 KiB/s is six times that, plus 64 KiB.
+ANSWER_BASE_BYTES = 64 * 1024
+ANSWER_BYTES_PER_SECOND = 4 * 1024
+ERROR_BODY_LIMIT = 64 * 1024  # an error's message is a sentence; a proxy's page is cut here
 
 
 # ---------------------------------------------------------------- upload formats
@@ -69,14 +93,15 @@ DEFAULT_BASE_URL = "https://api.openai.com/v1"
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class UploadFormat:
-    """How a piece is encoded for upload; `bytes_per_second` is an upper bound of its size."""
+    """How a piece is encoded for upload; `bytes_per_second` is an upper bound of its size.
+    An mp3 is encoded in the daemon's process by LAME at `lame_bitrate` (engines/mp3.py);
+    anything else by an ffmpeg child with `ffmpeg_args`."""
 
     suffix: str
     mime: str
     ffmpeg_args: tuple[str, ...]
     bytes_per_second: float
-    # the muxer must seek back to write a header (mp3's LAME/Info with the encoder delay)
-    seekable_output: bool = False
+    lame_bitrate: int | None = None
 
 
 def upload_format(name: str, bitrate: int = 32) -> UploadFormat:
@@ -85,18 +110,9 @@ def upload_format(name: str, bitrate: int = 32) -> UploadFormat:
         return UploadFormat(
             suffix="mp3",
             mime="audio/mpeg",
-            ffmpeg_args=(
-                "-c:a",
-                "libmp3lame",
-                "-b:a",
-                f"{bitrate}k",
-                "-compression_level",
-                "9",
-                "-f",
-                "mp3",
-            ),
+            ffmpeg_args=(),
             bytes_per_second=bitrate * 1000 / 8 * 1.02,
-            seekable_output=True,
+            lame_bitrate=bitrate,
         )
     if name == "flac":
         # 16 kHz mono speech compresses to ~18 KB/s; noise can take it close to raw PCM
@@ -116,41 +132,48 @@ def upload_format(name: str, bitrate: int = 32) -> UploadFormat:
     raise ValueError(f"unknown upload format {name!r}")
 
 
-async def encode_piece(audio: np.ndarray, fmt: UploadFormat, *, timeout: float = 120.0) -> bytes:  # noqa: ASYNC109 - a stuck encoder is this function's own failure to report
-    """16 kHz mono int16 samples → the upload's bytes, through ffmpeg (no files on disk).
+async def encode_piece(
+    audio: np.ndarray,
+    fmt: UploadFormat,
+    *,
+    timeout: float = 120.0,  # noqa: ASYNC109 - a stuck encoder child is this function's own failure to report
+    limiter: trio.CapacityLimiter | None = None,
+) -> bytes:
+    """16 kHz mono int16 samples → the upload's bytes (no files on disk).
 
-    An mp3 is written to a seekable in-memory file (memfd), not a pipe: only then can the muxer
-    go back and write the LAME/Info header that tells a decoder to drop the encoder's 1105
-    priming samples. Through a pipe the header is missing and the server hears every piece
-    69 ms late (measured; see bench/timing.py). Other formats have no priming to declare.
+    An mp3 is encoded by LAME in a worker thread (`limiter`: LAME holds the GIL, so more than
+    one at a time only takes turns with the event loop), behind the LAME/Info header that
+    tells a decoder to drop the encoder's 1105 priming samples (without it the server hears
+    every piece 69 ms late; bench/timing.py). 16 ffmpeg children for 16 pieces at once
+    peaked at ~230 MiB PSS, LAME in-process under 10 MiB, with half the CPU
+    (bench/openai_encoder.py).
+    flac and wav go through an ffmpeg child, pipe to pipe: they have no priming to declare.
     """
-    memory = os.memfd_create("piece", os.MFD_CLOEXEC) if fmt.seekable_output else None
-    output = f"/dev/fd/{memory}" if memory is not None else "pipe:1"
+    if fmt.lame_bitrate is not None:
+        encode = functools.partial(encode_mp3, bitrate=fmt.lame_bitrate, sample_rate=SAMPLE_RATE)
+        try:
+            return await trio.to_thread.run_sync(encode, audio, limiter=limiter)
+        except ValueError as exc:
+            raise PermanentError(f"LAME could not encode a piece for upload: {exc}") from None
     command = [
         "ffmpeg", "-nostdin", "-hide_banner", "-loglevel", "error", "-threads", "1", "-y",
         "-f", "s16le", "-ar", str(SAMPLE_RATE), "-ac", "1", "-i", "pipe:0",
         "-map_metadata", "-1", "-fflags", "+bitexact", "-flags:a", "+bitexact",
-        *fmt.ffmpeg_args, output,
+        *fmt.ffmpeg_args, "pipe:1",
     ]  # fmt: skip
     payload = np.ascontiguousarray(audio, dtype="<i2").tobytes()
     try:
         with trio.fail_after(timeout):
             result = await trio.run_process(
                 command, stdin=payload, capture_stdout=True, capture_stderr=True, check=False,
-                env=child_environment(), pass_fds=() if memory is None else (memory,),
+                env=child_environment(),
             )  # fmt: skip
-        if result.returncode != 0:
-            detail = result.stderr.decode("utf-8", "replace").strip()[-300:]
-            raise PermanentError(f"ffmpeg could not encode a piece for upload: {detail}")
-        if memory is None:
-            return bytes(result.stdout)
-        size = os.fstat(memory).st_size
-        return os.pread(memory, size, 0)
     except trio.TooSlowError:
         raise RetryableError("encoding a piece for upload took too long") from None
-    finally:
-        if memory is not None:
-            os.close(memory)
+    if result.returncode != 0:
+        detail = result.stderr.decode("utf-8", "replace").strip()[-300:]
+        raise PermanentError(f"ffmpeg could not encode a piece for upload: {detail}")
+    return bytes(result.stdout)
 
 
 # ---------------------------------------------------------------- the API key
@@ -398,15 +421,60 @@ def _tls_detail(exc: BaseException) -> str:
 # ---------------------------------------------------------------- answers
 
 
+def answer_limit(seconds: float) -> int:
+    """The most bytes a 200 for a piece of `seconds` may hold (decoded)."""
+    return ANSWER_BASE_BYTES + math.ceil(max(0.0, seconds) * ANSWER_BYTES_PER_SECOND)
+
+
+class BoundedBody:
+    """An answer's body as it arrives, decoded (the client asks for no compression, but a proxy
+    may gzip anyway: a small gzip chunk can inflate a thousandfold) and cut off past `limit`."""
+
+    def __init__(self, content_encoding: str, limit: int) -> None:
+        self.limit = limit
+        self.data = bytearray()
+        self.over_limit = False
+        encoding = content_encoding.strip().lower()
+        # gzip, or zlib-wrapped deflate, told apart by their headers (wbits 32 + 15)
+        self._inflater = None if encoding in ("", "identity") else zlib.decompressobj(47)
+        self.unreadable = encoding not in ("", "identity", "gzip", "x-gzip", "deflate")
+
+    def feed(self, chunk: bytes) -> bool:
+        """Take a raw chunk; False once the body is known to be over its limit or unreadable."""
+        if self.unreadable or self.over_limit:
+            return False
+        room = self.limit + 1 - len(self.data)
+        try:
+            data = chunk if self._inflater is None else self._inflater.decompress(chunk, room)
+        except zlib.error:
+            self.unreadable = True
+            return False
+        self.data += data[:room]
+        inflating = self._inflater is not None and bool(self._inflater.unconsumed_tail)
+        self.over_limit = len(self.data) > self.limit or inflating
+        return not self.over_limit
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Answer:
+    """What came back for one request, read within its bound."""
+
+    status: int
+    headers: httpx.Headers
+    body: bytes
+    complete: bool  # the whole body was read (not cut off at its bound, decodable)
+    latency: float | None  # upload's last byte → answer's first byte, when both were seen
+
+
 def parse_answer(body: bytes, *, timestamps: bool, seconds: float) -> list[Segment]:
     """Segments from a 200 answer (with the words' times where the server gave them);
     text-only answers become one segment spanning the piece."""
     try:
         data = json.loads(body)
     except ValueError:
-        raise RetryableError("the server's answer was not JSON") from None
+        raise UnusableAnswerError("the server's answer was not JSON", status=200) from None
     if not isinstance(data, dict) or not isinstance(data.get("text", ""), str):
-        raise RetryableError("the server's answer had no text")
+        raise UnusableAnswerError("the server's answer had no text", status=200)
     segments: list[Segment] = []
     if timestamps and isinstance(data.get("segments"), list):
         words = [w for w in data.get("words") or [] if isinstance(w, dict)]
@@ -414,7 +482,9 @@ def parse_answer(body: bytes, *, timestamps: bool, seconds: float) -> list[Segme
             try:
                 start, end, text = float(item["start"]), float(item["end"]), str(item["text"])
             except (KeyError, TypeError, ValueError):
-                raise RetryableError("the server's answer had a malformed segment") from None
+                raise UnusableAnswerError(
+                    "the server's answer had a malformed segment", status=200
+                ) from None
             inside = [w for w in words if start <= _word_time(w) < end]
             timed = tuple(_words(inside, seconds))
             if timed:  # word times are tighter than Whisper's segment bounds
@@ -495,6 +565,9 @@ class OpenAIEngine:
         )
         self._client = client
         self._secret = api_key
+        # shared by every request of every job: how long an answer may keep us waiting
+        self.latency = LatencyModel(ceiling=config.request_timeout)
+        self._encoding = trio.CapacityLimiter(1)  # one LAME thread: it holds the GIL
 
     def form_fields(self) -> dict[str, str | list[str]]:
         """The form fields besides `file`, spelled as OpenAI's schema spells them."""
@@ -519,7 +592,7 @@ class OpenAIEngine:
         """Encode the upload once. The samples are kept only while a text-only answer may need
         timing from them (the model table says whether it can)."""
         seconds = len(audio) / SAMPLE_RATE
-        data = await encode_piece(audio, self.format)
+        data = await encode_piece(audio, self.format, limiter=self._encoding)
         if len(data) + _ENVELOPE_BYTES > self.config.max_upload_bytes:
             raise PermanentError(
                 f"a {seconds:.0f} s piece encoded to {len(data)} bytes, over the server's limit",
@@ -530,47 +603,145 @@ class OpenAIEngine:
 
     async def transcribe(self, piece: PreparedPiece) -> PieceResult:
         seconds = piece.seconds
-        files = {"file": (f"piece.{self.format.suffix}", piece.payload, self.format.mime)}
-        response = await self._post(files)
-        if response.status_code == 400 and self._refuses_verbose(response):
+        answer = await self._send(piece)
+        if answer.status == 400 and self._refuses_verbose(answer.body):
             # a compatible server's model without timestamps: ask json from now on
             self.response_format = "json"
             logger.warning("engine.verbose_json_refused", model=self.config.model, now="json")
-            response = await self._post(files)
-        if response.status_code >= 400 or response.status_code < 200:
-            raise classify_response(
-                response.status_code, response.headers, response.content, secret=self._secret
-            )
+            answer = await self._send(piece)
+        if answer.status >= 400 or answer.status < 200:
+            raise classify_response(answer.status, answer.headers, answer.body, secret=self._secret)
         timed = self.response_format == "verbose_json"  # (a fallback may have changed it)
-        segments = parse_answer(response.content, timestamps=timed, seconds=seconds)
+        try:
+            if not answer.complete:
+                raise UnusableAnswerError(
+                    f"the server's answer was larger than {answer_limit(seconds)} bytes, more "
+                    f"than a {seconds:.0f} s piece can need (or in an unreadable encoding)",
+                    status=answer.status,
+                )
+            segments = parse_answer(answer.body, timestamps=timed, seconds=seconds)
+        except UnusableAnswerError as error:
+            raise self._unusable(piece, error) from None
+        if answer.latency is not None:
+            self.latency.learn(answer.latency, seconds)
         if not timed:  # text only: the daemon times it at the pauses it hears in the piece
             # ~0.5 s of CPU for a 120 s piece: off the event loop
             text = " ".join(s.text for s in segments)
             audio = piece.audio if piece.audio is not None else np.zeros(0, dtype=np.int16)
             segments = await trio.to_thread.run_sync(time_text, text, audio)
-        return PieceResult(segments=segments, cost=self.traits.cost(seconds))
+        return PieceResult(
+            segments=segments,
+            cost=self.traits.cost(seconds),
+            possibly_billed_cost=piece.ledger.possibly_billed_cost,
+        )
 
-    async def _post(self, files: dict[str, tuple[str, bytes, str]]) -> httpx.Response:
+    async def _send(self, piece: PreparedPiece) -> Answer:
+        """One request, its answer streamed and read within its bound, under the hard ceiling
+        (request_timeout) and the learned watch for a silent answer."""
+        files = {"file": (f"piece.{self.format.suffix}", piece.payload, self.format.mime)}
+        watch: AnswerWatch | None = None
+
+        async def trace(event: str, info: Mapping[str, Any]) -> None:
+            # httpcore's own events: the upload's end arms the watch
+            if watch is not None and event.endswith(".send_request_body.complete"):
+                watch.body_sent()
+            elif watch is not None and event.endswith(".receive_response_headers.complete"):
+                watch.received()
+
+        answer: Answer | None = None
         try:
-            with trio.fail_after(self.config.request_timeout):
-                response = await self._client.post(
-                    "audio/transcriptions", data=self.form_fields(), files=files
-                )
+            with (
+                trio.fail_after(self.config.request_timeout),
+                self.latency.watch(piece.seconds) as watch,
+            ):
+                async with self._client.stream(
+                    "POST", "audio/transcriptions", data=self.form_fields(), files=files,
+                    headers={"accept-encoding": "identity"}, extensions={"trace": trace},
+                ) as response:  # fmt: skip
+                    answer = await _read_answer(response, piece.seconds, watch)
         except (httpx.TransportError, trio.TooSlowError) as exc:
+            self._unanswered(piece, watch)
             metrics.count_request(exc)
             raise classify_transport_error(exc) from exc
-        metrics.count_request(response.status_code)
-        return response
+        if answer is None:  # the watch gave up on it
+            assert watch is not None and watch.overdue
+            self._unanswered(piece, watch)
+            raise self._overdue(watch)
+        metrics.count_request(answer.status)
+        if answer.status >= 500:
+            self._unanswered(piece, watch)
+        return answer
 
-    def _refuses_verbose(self, response: httpx.Response) -> bool:
+    def _unanswered(self, piece: PreparedPiece, watch: AnswerWatch | None) -> None:
+        """An attempt without a usable answer: if its whole upload went out, the server may
+        have billed it."""
+        if watch is not None and watch.sent_at is not None:
+            piece.ledger.possibly_billed_cost += self.traits.cost(piece.seconds)
+
+    def _overdue(self, watch: AnswerWatch) -> UnreachableError:
+        """The error of a request the watch gave up on (a read timeout, for the metrics)."""
+        patience = watch.patience()
+        what = "no answer came" if watch.answer_at is None else "the answer stopped arriving"
+        rate = self.latency.rate()
+        learned = f" (answers so far began within {rate:.3f} s per audio second)" if rate else ""
+        timeout = httpx.ReadTimeout(f"{what} for {patience:.0f} s")
+        metrics.count_request(timeout)
+        error = UnreachableError(
+            f"{what} for {patience:.0f} s after a {watch.seconds:.0f} s piece was sent"
+            f"{learned}; abandoned and retried, it may have been billed"
+        )
+        error.__cause__ = timeout
+        return error
+
+    def _unusable(self, piece: PreparedPiece, error: UnusableAnswerError) -> EngineError:
+        """A 200 that cannot be used was billed all the same: retry it once, then stop paying."""
+        ledger = piece.ledger
+        ledger.possibly_billed_cost += self.traits.cost(piece.seconds)
+        ledger.unusable_answers += 1
+        logger.warning(
+            "engine.unusable_answer", reason=error.reason, seconds=round(piece.seconds, 1),
+            times=ledger.unusable_answers,
+        )  # fmt: skip
+        if ledger.unusable_answers == 1:
+            return error
+        return AnswersUnusableError(
+            f"the server answered a {piece.seconds:.0f} s piece with an unusable body again "
+            f"after its one retry: {error.reason}",
+            hint="the server at openai.base_url (or a proxy in front of it) is answering "
+            "wrongly, and each answer is billed; fix it and restart the daemon, or jobs try "
+            "again after openai.quota_retry_interval",
+        )
+
+    def _refuses_verbose(self, body: bytes) -> bool:
         """A 400 that refuses verbose_json, from a model the table does not know (once)."""
         if not self.spec.may_refuse_verbose or self.response_format != "verbose_json":
             return False
         if self.config.response_format != "auto":
             return False
-        error = parse_error_body(response.content)
+        error = parse_error_body(body)
         said = f"{error.param or ''} {error.message}".lower()
         return "response_format" in said or "verbose_json" in said
+
+
+async def _read_answer(response: httpx.Response, seconds: float, watch: AnswerWatch) -> Answer:
+    """The answer's body, read as it arrives (each chunk is news for the watch) up to its bound:
+    what a piece of `seconds` can need for a 2xx, ERROR_BODY_LIMIT for anything else."""
+    status = response.status_code
+    limit = answer_limit(seconds) if 200 <= status < 300 else ERROR_BODY_LIMIT
+    if response.is_stream_consumed:  # built in memory (a mock transport's answer)
+        body = BoundedBody("", limit)
+        body.feed(response.content)
+    else:
+        body = BoundedBody(response.headers.get("content-encoding", ""), limit)
+        async for chunk in response.aiter_raw():
+            watch.received(body=True)
+            if not body.feed(chunk):
+                break  # leaving the stream's block closes the connection, the rest unread
+    watch.received(body=True)
+    return Answer(
+        status=status, headers=response.headers, body=bytes(body.data),
+        complete=not (body.over_limit or body.unreadable), latency=watch.latency,
+    )  # fmt: skip
 
 
 # ---------------------------------------------------------------- retirement

@@ -75,12 +75,21 @@ def test_a_canary_key_is_found_nowhere_it_must_not_be(tmp_path: Path) -> None:
 
         def watch_children() -> None:
             parent = psutil.Process(daemon.pid)
+            own = parent.cmdline()
+            pending: dict[int, float] = {}  # children still showing the daemon's own view
             while not stop.is_set():
                 for child in parent.children(recursive=True):
                     try:
-                        child_views.append(json.dumps([child.cmdline(), child.environ()]))
+                        cmdline, environ = child.cmdline(), child.environ()
                     except psutil.Error:
-                        pass
+                        continue
+                    if cmdline == own:
+                        # forked and not yet exec'd: for a moment the child is the daemon itself
+                        # (its environment included); only a copy that stays so is a finding
+                        first = pending.setdefault(child.pid, time.monotonic())
+                        if time.monotonic() - first < 0.5:
+                            continue
+                    child_views.append(json.dumps([cmdline, environ]))
                 time.sleep(0.02)
 
         watcher = threading.Thread(target=watch_children, daemon=True)

@@ -265,10 +265,13 @@ def run(args: argparse.Namespace, folder: Path) -> dict[str, Any]:
             "requests": stats["requests"], "injected": stats["injected"], "retries": fstate["retries"], "pieces": pieces,
             "answered_twice": sum(1 for n in stats["answered"].values() if n > 1),
             "billed_requests": stats["billed_requests"], "billed_errors": stats["injected"].get("billed_error", 0),
-            "rebilled_by_client": stats["billed_requests"] - pieces - stats["injected"].get("billed_error", 0),
+            "pieces_sent": len(stats["answered"]),
+            "rebilled_by_client": stats["billed_requests"] - len(stats["answered"]) - stats["injected"].get("billed_error", 0),
             "peak_pss_mib": faulty["peak_pss_mib"], "spent": fstate["cost"]["spent"],
         }  # fmt: skip
 
+        if args.faults_only:
+            return report
         # 3. three at once
         others = [main_source, *(recording(folder, f"session{n}", args.hours, seed=20 + n) for n in range(2))]
         three = clean_run(server, folder, "three", others)
@@ -296,6 +299,8 @@ def run(args: argparse.Namespace, folder: Path) -> dict[str, Any]:
 
 
 def show(report: dict[str, Any]) -> None:
+    if "three" not in report:
+        report = {**report, "three": None}
     c = report["clean"]
     print(f"\nserver: {CONCURRENCY} in flight, {RPM:g} rpm, {SERVICE_BASE} s + audio/{1 / SERVICE_PER_SECOND:g} (lognormal sigma {JITTER}); whisper-1; daemon as its own process")
     print(f"\n1. clean, {c['audio_seconds'] / 3600:.2f} h: {c['state']}, {c['pieces']} pieces, {c['requests']} requests, {c['limit_violations']} refused for a limit, {c['answered_twice']} answered twice")
@@ -308,9 +313,11 @@ def show(report: dict[str, Any]) -> None:
     print(f"\n2. fault mix {f['rates']} + one hang + a 60 s 429 storm at 10 s:")
     print(f"   {f['state']}, identical to clean: {f['identical']}; {f['seconds']:.1f} s = {f['over_clean']:.2f} x clean (done means <= 2)")
     print(f"   requests {f['requests']}, retries {f['retries']}, injected {f['injected']}")
-    print(f"   answered twice {f['answered_twice']}; billed {f['billed_requests']} = {f['pieces']} pieces + {f['billed_errors']} billed 500s + {f['rebilled_by_client']} re-billed by the client")
+    print(f"   answered twice {f['answered_twice']}; billed {f['billed_requests']} = {f['pieces_sent']} pieces sent + {f['billed_errors']} billed 500s + {f['rebilled_by_client']} re-billed by the client")
     print(f"   peak PSS {f['peak_pss_mib']:.0f} MiB; spent ${f['spent']}")
     t = report["three"]
+    if t is None:
+        return
     print(f"\n3. three recordings at once: {t['states']}, {t['seconds']:.1f} s (bound {t['bound']:.1f} s, ratio {t['over_bound']:.3f}); peak PSS {t['peak_pss_mib']:.0f} MiB, RSS {t['peak_rss_mib']:.0f} MiB (done means PSS <= 250 MiB)")
     if "long" in report:
         lo = report["long"]
@@ -322,9 +329,15 @@ def main() -> None:
     parser.add_argument("--hours", type=float, default=2.0)
     parser.add_argument("--long-hours", type=float, default=10.0, help="0 skips the long run")
     parser.add_argument("--json", type=Path)
+    parser.add_argument("--keep", type=Path, help="work in this folder and keep it (the daemon's logs, outputs)")
+    parser.add_argument("--faults-only", action="store_true", help="the clean run and the fault mix only")
     args = parser.parse_args()
-    with tempfile.TemporaryDirectory(prefix="openai-bench-") as folder:
-        report = run(args, Path(folder))
+    if args.keep:
+        args.keep.mkdir(parents=True, exist_ok=True)
+        report = run(args, args.keep)
+    else:
+        with tempfile.TemporaryDirectory(prefix="openai-bench-") as folder:
+            report = run(args, Path(folder))
     print(json.dumps(report, indent=1), file=sys.stderr)
     show(report)
     if args.json:

@@ -137,18 +137,32 @@ async def test_an_answer_that_trickles_is_left_alone_one_that_stalls_is_a_hang(f
 
 def test_the_deadline_is_the_ceiling_until_answers_teach_it() -> None:
     """Until four answers are in, a request may wait request_timeout; then the deadline is the
-    multiple (4) of the slowest recent answers' seconds per audio second, at least the floor
+    multiple (3) of the slowest recent answers' seconds per audio second, at least the floor
     (15 s) and at most the ceiling; one slow answer among many raises it, as it should."""
     model = LatencyModel(ceiling=300.0)
     for _ in range(3):
         model.learn(1.0, 100.0)
     assert model.patience(100.0) == 300.0
     model.learn(1.0, 100.0)
-    assert model.patience(100.0) == 15.0  # 4 x 0.01 s/s x 100 s = 4 s: the floor
-    assert model.patience(1000.0) == 40.0
+    assert model.patience(100.0) == 15.0  # 3 x 0.01 s/s x 100 s = 3 s: the floor
+    assert model.patience(1000.0) == pytest.approx(30.0)
     model.learn(10.0, 100.0)  # one answer at 0.1 s per audio second
-    assert model.patience(100.0) == 40.0
+    assert model.patience(100.0) == pytest.approx(30.0)
     assert model.patience(10000.0) == 300.0
+
+
+def test_short_pieces_do_not_make_a_long_one_wait_twice_its_due() -> None:
+    """Short pieces (20 s answered in 2.8 s: 0.14 s per audio second, the server's fixed cost
+    a request included) set no long piece's deadline once long ones have answered (120 s in
+    12.8 s: 0.107 s/s): a 120 s piece may wait 3 x 0.107 x 120 s, not 3 x 0.14 x 120 s."""
+    model = LatencyModel(ceiling=300.0)
+    for _ in range(8):
+        model.learn(2.8, 20.0)
+    assert model.patience(120.0) == pytest.approx(3 * 0.14 * 120)  # nothing longer known yet
+    for _ in range(4):
+        model.learn(12.8, 120.0)
+    assert model.patience(120.0) == pytest.approx(3 * 12.8 / 120 * 120)
+    assert model.patience(20.0) == 15.0  # short pieces by every answer: 3 x 0.14 x 20 s < floor
 
 
 # ---------------------------------------------------------------- sizes

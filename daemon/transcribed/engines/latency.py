@@ -3,6 +3,11 @@
     patience(piece seconds) = multiple × q95(latency per audio second) × piece seconds,
                               at least `floor`, at most `ceiling` (request_timeout)
 
+The quantile is taken over answers for pieces at least half as long as the one judged (all of
+them while fewer than `min_samples` are): a server's fixed cost a request makes short pieces
+look slow per audio second (0.8 s + 2 s for 20 s of audio is 0.14 s/s, against 0.107 s/s for
+120 s), and measured by the last round's short pieces a long one would get twice its due.
+
 An answer's latency is the time from the last byte of the upload to the first byte of the
 answer's body (a server that sends its headers early and its body after the work is judged by
 the body). It is learned from usable answers only, over a window of the most recent ones, and
@@ -32,12 +37,14 @@ from contextlib import contextmanager
 
 import trio
 
-# Against a server answering in 0.8 s + audio/10 (issue 11's), a 120 s piece takes ~13 s and
-# a hung one is given up after ~50 s instead of request_timeout's 300 s. The multiple leaves
-# room for jitter the window has not seen yet (a slow answer re-trains it); the floor covers
-# short pieces, whose fixed overhead dominates, and a server's occasional pause.
+# Against a server answering in 0.8 s + audio/10 (issue 11's), with lognormal jitter (sigma
+# 0.3), a 109 s piece takes ~12 s and a hung one is given up after ~60 s instead of
+# request_timeout's 300 s (98 s with a multiple of 4 over every piece's rate, measured in
+# bench/openai_throughput.py's fault mix). Three times the 95th percentile is about five times
+# the median there: an answer that late is one in millions. The floor covers short pieces,
+# whose fixed overhead dominates, and a server's occasional pause.
 PATIENCE_FLOOR = 15.0
-PATIENCE_MULTIPLE = 4.0
+PATIENCE_MULTIPLE = 3.0
 PATIENCE_QUANTILE = 0.95
 MIN_SAMPLES = 4
 WINDOW = 64
@@ -61,30 +68,32 @@ class LatencyModel:
         self.multiple = multiple
         self.quantile = quantile
         self.min_samples = min_samples
-        self._rates: deque[float] = deque(maxlen=window)
+        self._rates: deque[tuple[float, float]] = deque(maxlen=window)  # (s per audio s, audio s)
         self._watches: set[AnswerWatch] = set()
 
     @property
     def samples(self) -> int:
         return len(self._rates)
 
-    def rate(self) -> float | None:
-        """The high quantile of seconds per audio second, once enough answers are in."""
+    def rate(self, seconds: float = 0.0) -> float | None:
+        """The high quantile of seconds per audio second, once enough answers are in, over
+        those for pieces at least half as long as `seconds` when there are enough of them."""
         if len(self._rates) < self.min_samples:
             return None
-        ordered = sorted(self._rates)
+        alike = [rate for rate, length in self._rates if length >= seconds / 2]
+        ordered = sorted(alike if len(alike) >= self.min_samples else (r for r, _ in self._rates))
         return ordered[min(len(ordered) - 1, math.ceil(self.quantile * len(ordered)) - 1)]
 
     def patience(self, seconds: float) -> float:
         """How long a request for `seconds` of audio may wait without a byte of its answer."""
-        rate = self.rate()
+        rate = self.rate(seconds)
         if rate is None:
             return self.ceiling
         return min(self.ceiling, max(self.floor, self.multiple * rate * seconds))
 
     def learn(self, latency: float, seconds: float) -> None:
         """A usable answer started `latency` seconds after its upload of `seconds` of audio."""
-        self._rates.append(max(0.0, latency) / max(seconds, 1.0))
+        self._rates.append((max(0.0, latency) / max(seconds, 1.0), seconds))
         for watch in self._watches:
             watch.rearm()
 

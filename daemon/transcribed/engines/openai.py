@@ -682,7 +682,7 @@ class OpenAIEngine:
         """The error of a request the watch gave up on (a read timeout, for the metrics)."""
         patience = watch.patience()
         what = "no answer came" if watch.answer_at is None else "the answer stopped arriving"
-        rate = self.latency.rate()
+        rate = self.latency.rate(watch.seconds)
         learned = f" (answers so far began within {rate:.3f} s per audio second)" if rate else ""
         timeout = httpx.ReadTimeout(f"{what} for {patience:.0f} s")
         metrics.count_request(timeout)

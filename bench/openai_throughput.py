@@ -22,7 +22,7 @@ Printed, side by side in one run (the machine is shared: ratios, not absolutes):
    first of them ended: slots finishing together), peak PSS and RSS of the daemon's process
    tree (daemon + ffmpeg children), sampled every 0.1 s with psutil.
 2. The fault mix on the same recording: one hang, 3 % trickling answers (when the server has
-   them), 3 % resets mid-upload, 5 % billed 500s (the work done, billed, the answer lost),
+   them; each spread over --trickle-seconds, 10 s by default, a few bytes a second), 3 % resets mid-upload, 5 % billed 500s (the work done, billed, the answer lost),
    5 % each of 500/503, 502 and 503 from a proxy, and a 60 s 429 storm starting 10 s after the
    drop: done / clean, pieces answered twice, billed requests beyond one per piece (a billed 500
    is the server's; anything more would be the client's re-billing), outputs byte-identical.
@@ -227,7 +227,7 @@ def run(args: argparse.Namespace, folder: Path) -> dict[str, Any]:
     settings = {
         "requests_per_minute": RPM, "burst": CONCURRENCY + 1, "max_concurrent": CONCURRENCY,
         "service_base": SERVICE_BASE, "service_per_second": SERVICE_PER_SECOND, "service_jitter": JITTER,
-        "rate_limit_wait": 2.0, "slow_seconds": 5.0, "seed": 3,
+        "rate_limit_wait": 2.0, "slow_seconds": 5.0, "seed": 3, "trickle_seconds": args.trickle_seconds, "trickle_interval": 1.0,
     }  # fmt: skip
     server = Server(folder, settings)
     try:
@@ -252,15 +252,16 @@ def run(args: argparse.Namespace, folder: Path) -> dict[str, Any]:
         rates = {"reset": 0.03, "billed_error": 0.05, "server_error": 0.05, "bad_gateway": 0.05, "unavailable": 0.05}
         if "trickle" in FAULTS:
             rates["trickle"] = 0.03
-        script = [None] * 30 + ["hang"]
+        script = [None] * (args.hang_at - 1) + ["hang"] if args.hang_at else []
         server.call("/_control", {"reset": True, "fault_rates": rates, "seed": 11, "script": script})
         print("the fault mix...", file=sys.stderr)
-        faulty = run_daemon_on(folder / "faults", server.url, [main_source], during=(10.0, lambda: server.call("/_control", {"storm_seconds": 60})))
+        storm = (10.0, lambda: server.call("/_control", {"storm_seconds": args.storm_seconds})) if args.storm_seconds else None
+        faulty = run_daemon_on(folder / "faults", server.url, [main_source], during=storm)
         stats = server.call("/_stats")
         fstate = faulty["states"]["hearing"]
         pieces = fstate["pieces"]["total"]
         report["faults"] = {
-            "rates": rates, "seconds": round(faulty["seconds"], 2), "over_clean": round(faulty["seconds"] / clean["seconds"], 3),
+            "rates": rates, "trickle_seconds": args.trickle_seconds, "storm_seconds": args.storm_seconds, "hang_at": args.hang_at, "seconds": round(faulty["seconds"], 2), "over_clean": round(faulty["seconds"] / clean["seconds"], 3),
             "state": fstate["state"], "identical": fstate["state"] == "done" and outputs_of(folder / "faults", ["hearing"]) == reference,
             "requests": stats["requests"], "injected": stats["injected"], "retries": fstate["retries"], "pieces": pieces,
             "answered_twice": sum(1 for n in stats["answered"].values() if n > 1),
@@ -310,7 +311,9 @@ def show(report: dict[str, Any]) -> None:
     print(f"   claim -> 1st request{c['first_request_after_claim']:>8.2f} s   (done means <= 1 s)")
     print(f"   peak, process tree  PSS {c['peak_pss_mib']:.0f} MiB   RSS {c['peak_rss_mib']:.0f} MiB   ({c['peak_processes']} processes at most)   (done means PSS <= 150 MiB)")
     f = report["faults"]
-    print(f"\n2. fault mix {f['rates']} + one hang + a 60 s 429 storm at 10 s:")
+    hang = f"the {f['hang_at']}th request hangs" if f["hang_at"] else "no hang"
+    storm = f"a {f['storm_seconds']:g} s 429 storm at 10 s" if f["storm_seconds"] else "no storm"
+    print(f"\n2. fault mix {f['rates']} (trickles over {f['trickle_seconds']:g} s), {hang}, {storm}:")
     print(f"   {f['state']}, identical to clean: {f['identical']}; {f['seconds']:.1f} s = {f['over_clean']:.2f} x clean (done means <= 2)")
     print(f"   requests {f['requests']}, retries {f['retries']}, injected {f['injected']}")
     print(f"   answered twice {f['answered_twice']}; billed {f['billed_requests']} = {f['pieces_sent']} pieces sent + {f['billed_errors']} billed 500s + {f['rebilled_by_client']} re-billed by the client")
@@ -330,6 +333,9 @@ def main() -> None:
     parser.add_argument("--long-hours", type=float, default=10.0, help="0 skips the long run")
     parser.add_argument("--json", type=Path)
     parser.add_argument("--keep", type=Path, help="work in this folder and keep it (the daemon's logs, outputs)")
+    parser.add_argument("--trickle-seconds", type=float, default=10.0, help="how long a trickling answer takes to arrive (a few bytes a second)")
+    parser.add_argument("--storm-seconds", type=float, default=60.0, help="the 429 storm's length (0: none)")
+    parser.add_argument("--hang-at", type=int, default=31, help="which request hangs (0: none)")
     parser.add_argument("--faults-only", action="store_true", help="the clean run and the fault mix only")
     args = parser.parse_args()
     if args.keep:

@@ -537,9 +537,12 @@ class SpeakerPass:
             self.result = await diarize_recording(
                 job.config, job.services.known_speakers, job.source, audio_track=job.track
             )
-        except Exception as exc:
-            self.failure = exc.reason if isinstance(exc, TranscribedError) else repr(exc)
+        except TranscribedError as exc:
+            self.failure = exc.reason
             logger.warning("job.diarization_failed", error=self.failure)
+        except Exception as exc:  # a bug in the pass: the transcript is still worth having
+            self.failure = f"internal error: {type(exc).__name__}: {exc}"
+            logger.exception("job.diarization_failed", error=self.failure)
         finally:
             self.finished.set()
 
@@ -568,8 +571,7 @@ class SpeakerPass:
                 f"speakers could not be labelled: {self.failure or 'the diarization did not run'}"
             )
             return segments, None
-        labelled, speakers = label_segments(segments, self.result)
-        return labelled, list(speakers)
+        return label_segments(segments, self.result)
 
 
 async def transcribe_and_label(

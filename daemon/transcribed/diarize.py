@@ -1,12 +1,14 @@
 """Who spoke when: the local diarization pass of a job, run in a worker process.
 
-After a job's transcript is merged, `diarize_job` decodes the source once more (one ffmpeg pipe,
-16 kHz mono, streamed; measured 0.3 CPU s per 10 minutes of MP3, against 16 s for the
-diarization itself: re-decoding is cheaper than teeing the job's own stream), streams the blocks to a fresh diarization worker (diarize_worker.py, which
-holds ONNX Runtime and the speaker models), gets back speaker turns with one identity per
-person across the whole recording, and labels the merged segments (speakers.py). Known
-speakers' voiceprints, made once at start from the reference clips by `load_known_speakers`,
-travel to each worker so matching voices take their names.
+While a job transcribes, `diarize_recording` decodes the same audio track of the source once
+more (one ffmpeg pipe, 16 kHz mono, streamed; measured 0.3 CPU s per 10 minutes of MP3, against
+16 s for the diarization itself: re-decoding is cheaper than teeing the job's own stream, and
+it lets the pass run beside the transcription), streams the blocks to a fresh diarization
+worker (diarize_worker.py, which holds ONNX Runtime and the speaker models) and gets back
+speaker turns with one identity per person across the whole recording; after the merge
+`label_segments` gives each segment its speaker (speakers.py). Known speakers' voiceprints,
+made once at start from the reference clips by `load_known_speakers`, travel to each worker so
+matching voices take their names.
 
 Nothing here touches the network: the model files come from set-up (diarization_models.py) and
 are checksummed before a worker loads them.
@@ -33,7 +35,7 @@ from transcribed.config import Config
 from transcribed.diarization_models import check_model_dir, default_model_dir
 from transcribed.engines.base import Segment
 from transcribed.errors import ConfigError, JobError
-from transcribed.media import MediaLimits, child_environment, open_pcm_stream
+from transcribed.media import DecodeError, MediaLimits, child_environment, open_pcm_stream
 from transcribed.speakers import SpeakerTurn, assign_speakers, talk_times
 from transcribed.workers import LineReader
 
@@ -138,6 +140,11 @@ async def open_diarize_worker(model_dir: Path) -> AsyncIterator[DiarizeWorker]:
         with trio.fail_after(_START_TIMEOUT):
             await worker._message()
         yield worker
+    except BaseException:
+        # cancelled (the job failed or the daemon drains) or failed: nothing more is wanted
+        # of this worker, so it is not given time to finish what it was doing
+        process.kill()
+        raise
     finally:
         with trio.move_on_after(5, shield=True):
             await worker._stdin.aclose()
@@ -156,17 +163,28 @@ async def diarize_source(
     max_seconds: float = 12 * 3600.0,
     stall_timeout: float = 120.0,
     limits: MediaLimits | None = None,
+    audio_track: int = 0,
 ) -> Diarization:
-    """Decode `source` (streamed) into a fresh worker and return its speaker turns."""
+    """Decode one audio track of `source` (streamed) into a fresh worker and return its speaker
+    turns. A recording damaged part way is diarized as far as it decodes (the transcription
+    warns about the damage)."""
     started = trio.current_time()
     limits = limits or MediaLimits()
     async with open_diarize_worker(model_dir) as worker:
         await worker.know(known)
-        async with open_pcm_stream(
-            source, max_seconds=max_seconds, stall_timeout=stall_timeout, limits=limits
-        ) as blocks:
-            async for block in blocks:
-                await worker.feed(block)
+        try:
+            async with open_pcm_stream(
+                source,
+                max_seconds=max_seconds,
+                stall_timeout=stall_timeout,
+                limits=limits,
+                audio_track=audio_track,
+            ) as blocks:
+                async for block in blocks:
+                    await worker.feed(block)
+        except DecodeError as exc:
+            if not exc.samples:
+                raise
         answer = await worker.finish()
     return Diarization(
         turns=[
@@ -240,36 +258,13 @@ async def load_known_speakers(
     return KnownSpeakers(names=tuple(names), voiceprints=tuple(prints))
 
 
-async def diarize_job(
-    source: Path,
-    segments: Sequence[Segment],
-    *,
-    model_dir: Path,
-    known: KnownSpeakers = KnownSpeakers(),
-    max_seconds: float = 12 * 3600.0,
-    stall_timeout: float = 120.0,
-    limits: MediaLimits | None = None,
+def label_segments(
+    segments: Sequence[Segment], diarization: Diarization
 ) -> tuple[list[Segment], list[dict[str, Any]]]:
-    """The pipeline's one call after merge: the segments with speakers, and the speakers'
-    list with their talk time ([{"name": ..., "seconds": ...}], first appearance first)."""
-    result = await diarize_source(
-        source,
-        model_dir=model_dir,
-        known=known,
-        max_seconds=max_seconds,
-        stall_timeout=stall_timeout,
-        limits=limits,
-    )
-    logger.info(
-        "job.diarized",
-        speakers=len(result.speakers),
-        turns=len(result.turns),
-        seconds=round(result.wall_seconds, 2),
-        cpu_seconds=round(result.cpu_seconds, 2),
-        peak_rss_mib=round(result.peak_rss_mib),
-    )
-    labelled = assign_speakers(list(segments), result.turns)
-    return labelled, talk_times(result.turns, result.speakers)
+    """The merged segments with speakers, and the speakers' list with their talk time
+    ([{"name": ..., "seconds": ...}], first appearance first)."""
+    labelled = assign_speakers(list(segments), diarization.turns)
+    return labelled, talk_times(diarization.turns, diarization.speakers)
 
 
 def run_diarization_sync(
@@ -317,16 +312,26 @@ async def prepare_speakers(config: Config, engine_name: str) -> KnownSpeakers:
     )
 
 
-async def label_speakers(
-    config: Config, known: KnownSpeakers, source: Path, segments: list[Segment]
-) -> tuple[list[Segment], list[dict[str, Any]]]:
-    """diarize_job under the job's configured limits."""
-    return await diarize_job(
+async def diarize_recording(
+    config: Config, known: KnownSpeakers, source: Path, *, audio_track: int
+) -> Diarization:
+    """The job's diarization pass (diarize_source under the job's configured limits), on the
+    audio track the job transcribes."""
+    result = await diarize_source(
         source,
-        segments,
         model_dir=default_model_dir(),
         known=known,
         max_seconds=config.max_audio_seconds,
         stall_timeout=config.decode_stall_timeout,
         limits=config.media_limits,
+        audio_track=audio_track,
     )
+    logger.info(
+        "job.diarized",
+        speakers=len(result.speakers),
+        turns=len(result.turns),
+        seconds=round(result.wall_seconds, 2),
+        cpu_seconds=round(result.cpu_seconds, 2),
+        peak_rss_mib=round(result.peak_rss_mib),
+    )
+    return result

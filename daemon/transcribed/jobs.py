@@ -6,7 +6,9 @@
     PieceScheduler  decode once, plan and cut as the audio streams by, reuse journaled pieces,
                     skip silent ones, transcribe the rest concurrently through the shared gate
                     with a bounded look-ahead, journal each; stop cutting when the daemon drains
-    merge           piece results → one timed transcript, warnings
+    SpeakerPass     (when speakers are wanted) diarize the source beside the scheduler, in a
+                    worker process; cancelled if the transcription fails or the daemon drains
+    merge           piece results → one timed transcript, warnings; then the speakers onto it
     publish         the source is still unchanged, the disk has room, outputs written atomically
 
 `run_job` runs them in order over a `Job` and raises the job's own error (never an exception
@@ -33,7 +35,13 @@ import trio
 from transcribed import metrics
 from transcribed.config import Config
 from transcribed.cutting import Piece, PieceCutter
-from transcribed.diarize import KnownSpeakers, label_speakers, speakers_wanted
+from transcribed.diarize import (
+    Diarization,
+    KnownSpeakers,
+    diarize_recording,
+    label_segments,
+    speakers_wanted,
+)
 from transcribed.engines.base import Engine, EngineTraits, PieceResult, PreparedPiece, Segment
 from transcribed.errors import (
     JobInterrupted,
@@ -41,6 +49,7 @@ from transcribed.errors import (
     RetryableError,
     ServiceFault,
     SourceChanged,
+    TranscribedError,
 )
 from transcribed.failpoints import failpoint
 from transcribed.gate import Gate
@@ -563,18 +572,90 @@ def merge(job: Job, scheduler: PieceScheduler) -> list[Segment]:
     return segments  # (a transcript without speech is said so by write_outputs)
 
 
-async def label(
-    job: Job, segments: list[Segment]
+class SpeakerPass:
+    """Who spoke when, found beside the transcription: the diarization of the source starts
+    when the job starts transcribing and is waited for after the merge.
+
+    Its failure is the diarizer's, never the file's (a worker that crashed, models altered
+    since start): it is kept, not raised, and the transcript is published without speakers
+    with a warning saying why. Only Cancelled passes through `run`.
+    """
+
+    def __init__(self, job: Job) -> None:
+        self.job = job
+        self.result: Diarization | None = None
+        self.failure: str | None = None
+        self.finished = trio.Event()
+
+    async def run(self) -> None:
+        job = self.job
+        try:
+            self.result = await diarize_recording(
+                job.config, job.services.known_speakers, job.source, audio_track=job.track
+            )
+        except TranscribedError as exc:
+            self.failure = exc.reason
+            logger.warning("job.diarization_failed", error=self.failure)
+        except Exception as exc:  # a bug in the pass: the transcript is still worth having
+            self.failure = f"internal error: {type(exc).__name__}: {exc}"
+            logger.exception("job.diarization_failed", error=self.failure)
+        finally:
+            self.finished.set()
+
+    async def wait(self) -> None:
+        """Until the diarization ends; JobInterrupted if the daemon drains first (every piece
+        is journaled: the next start reuses them and diarizes again)."""
+        draining = self.job.services.draining
+        async with trio.open_nursery() as nursery:
+
+            async def stop_when(event: trio.Event) -> None:
+                await event.wait()
+                nursery.cancel_scope.cancel()
+
+            nursery.start_soon(stop_when, self.finished)
+            nursery.start_soon(stop_when, draining)
+        if not self.finished.is_set():
+            raise JobInterrupted("the daemon is stopping; finished pieces are journaled")
+
+    def label(
+        self, segments: list[Segment]
+    ) -> tuple[list[Segment], list[dict[str, object]] | None]:
+        """The merged segments with speakers and the speakers' list; unlabelled, with a warning,
+        if the diarization failed."""
+        if self.result is None:
+            self.job.warnings.append(
+                f"speakers could not be labelled: {self.failure or 'the diarization did not run'}"
+            )
+            return segments, None
+        return label_segments(segments, self.result)
+
+
+async def transcribe_and_label(
+    job: Job, scheduler: PieceScheduler
 ) -> tuple[list[Segment], list[dict[str, object]] | None]:
-    """Who spoke when: a local diarization pass over the source labels the merged segments
-    (when the configuration wants speakers for this engine); else the segments as they are."""
-    config = job.config
-    if not speakers_wanted(config, job.services.traits.name):
-        return segments, None
-    labelled, speakers = await label_speakers(
-        config, job.services.known_speakers, job.source, segments
-    )
-    return labelled, speakers
+    """Transcribe (the scheduler) and, when the configuration wants speakers for this engine,
+    diarize the source at the same time; then merge and label the merged segments.
+
+    A failure of the transcription (or a drain) cancels the diarization, whose worker process
+    is killed and reaped before this returns; the one error is raised as the scheduler raised
+    it, never inside an exception group."""
+    if not speakers_wanted(job.config, job.services.traits.name):
+        await scheduler.run()
+        return merge(job, scheduler), None
+    speaker_pass = SpeakerPass(job)
+    failure: Exception | None = None
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(speaker_pass.run, name="diarization")
+        try:
+            await scheduler.run()
+            segments = merge(job, scheduler)
+            await speaker_pass.wait()
+        except Exception as exc:
+            failure = exc
+            nursery.cancel_scope.cancel()
+    if failure is not None:
+        raise failure
+    return speaker_pass.label(segments)
 
 
 async def publish(
@@ -632,8 +713,7 @@ async def run_job(job: Job) -> JobOutcome:
     except OSError as exc:
         raise folder_fault(exc, f"write the job's journal in {journal.folder}") from exc
     scheduler = PieceScheduler(job, limits, done)
-    await scheduler.run()
-    segments, speakers = await label(job, merge(job, scheduler))
+    segments, speakers = await transcribe_and_label(job, scheduler)
     seconds = scheduler.samples / SAMPLE_RATE
     outputs = await publish(job, segments, seconds, speakers)
     return JobOutcome(

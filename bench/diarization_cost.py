@@ -5,10 +5,10 @@ diarization after the merge (as it was), and with it beside the transcription (a
 The recording is bench/diarization.py's: seven real people in turns of 3-45 s (the
 moonshine-voice wheel's reader, the pyannote-audio wheel's two, KDE KLettres' four from
 Debian), encoded like a hearing recorder's file (MP3, 44.1 kHz mono 128 kb/s; cached in
---cache-dir). Its Spanish, French and Lithuanian letters cost the English model about three
-times the CPU of English speech, so `--recording reading` takes bench/long_run.py's recording
-instead (bench/corpus.py: the moonshine wheel's English reading with pauses), the one the
-daemon's transcription figures were measured on. Each variant is a fresh `transcribed run` subprocess on a fresh root, fed the
+--cache-dir). Its dense speech (and its Spanish, French and Lithuanian letters) cost the
+English model more CPU than a hearing's (measured: 1.4 times), so `--recording reading` takes
+bench/long_run.py's recording instead (bench/corpus.py: the moonshine wheel's English reading
+with pauses), the one the daemon's transcription figures were measured on. Each variant is a fresh `transcribed run` subprocess on a fresh root, fed the
 file through its inbox (copied as NAME.part, renamed); the wall time runs from the rename to
 NAME.json appearing. The variants:
 

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 import resource
+import signal
 import sys
 import time
 from pathlib import Path
@@ -64,6 +65,9 @@ def peak_rss_mib() -> float:
 
 
 def main(argv: list[str]) -> int:
+    # Ctrl-C in a terminal reaches the whole process group: the daemon drains and stops this
+    # worker itself (it now runs beside the transcription), so it must not die of it first
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     stdin, stdout = sys.stdin.buffer, sys.stdout.buffer
     sys.stdout = sys.stderr  # nothing but protocol reaches stdout
     try:

@@ -359,7 +359,7 @@ def test_twelve_kills_during_one_long_job_never_make_it_poison(recording: Path, 
 
 
 def test_ctrl_c_in_a_terminal_drains_without_tracebacks(recording: Path, tmp_path: Path) -> None:
-    """Ctrl-C reaches the whole process group: the model workers ignore it, the daemon drains
+    """Ctrl-C reaches the daemon's process group, not its children's: the daemon drains
     and exits 0, and the log has no KeyboardInterrupt traceback and no "worker stopped
     unexpectedly" for the clean stop."""
     root = new_root(tmp_path, recording)
@@ -380,3 +380,6 @@ def test_ctrl_c_in_a_terminal_drains_without_tracebacks(recording: Path, tmp_pat
     text = log.read_text()
     assert "KeyboardInterrupt" not in text and "Traceback" not in text
     assert "stopped unexpectedly" not in text and '"daemon.stopped"' in text
+    # the signal reached no child either: a worker still importing, or ffmpeg mid-decode, died of
+    # it before each ran in a process group of its own
+    assert '"job.decode_incomplete"' not in text and '"job.diarization_failed"' not in text

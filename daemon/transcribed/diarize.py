@@ -35,7 +35,13 @@ from transcribed.config import Config
 from transcribed.diarization_models import check_model_dir, default_model_dir
 from transcribed.engines.base import Segment
 from transcribed.errors import ConfigError, JobError
-from transcribed.media import DecodeError, MediaLimits, child_environment, open_pcm_stream
+from transcribed.media import (
+    OWN_GROUP,
+    DecodeError,
+    MediaLimits,
+    child_environment,
+    open_pcm_stream,
+)
 from transcribed.speakers import SpeakerTurn, assign_speakers, talk_times
 from transcribed.workers import LineReader
 
@@ -134,6 +140,7 @@ async def open_diarize_worker(model_dir: Path) -> AsyncIterator[DiarizeWorker]:
         stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
         env=env,
+        **OWN_GROUP,
     )
     worker = DiarizeWorker(process)
     try:

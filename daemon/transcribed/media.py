@@ -39,6 +39,13 @@ def child_environment() -> dict[str, str]:
     return {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "LANG": "C.UTF-8"}
 
 
+# Every child the daemon starts runs in a process group of its own. Ctrl-C in a terminal signals
+# the whole foreground group: a model worker still importing, or an ffmpeg mid-decode, died of it
+# while the daemon was draining, and the drain logged a worker that "stopped unexpectedly" and a
+# decode "incomplete". The daemon ends its children itself; under systemd KillMode=mixed does.
+OWN_GROUP: dict[str, Any] = {"process_group": 0}
+
+
 def _input_args(path: Path) -> list[str]:
     if not path.is_absolute():
         raise ValueError(f"media paths must be absolute, got {path}")
@@ -215,6 +222,7 @@ async def probe(path: Path, *, timeout: float, limits: MediaLimits = MediaLimits
                 check=False,
                 stdin=subprocess.DEVNULL,
                 env=child_environment(),
+                **OWN_GROUP,
             )
     except trio.TooSlowError:
         raise RejectedFileError(
@@ -346,6 +354,7 @@ async def open_pcm_stream(
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         env=child_environment(),
+        **OWN_GROUP,
     )
     assert process.stdout is not None and process.stderr is not None
     stderr_tail = bytearray()

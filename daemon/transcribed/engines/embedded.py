@@ -27,7 +27,7 @@ import trio
 from transcribed.config import EmbeddedConfig
 from transcribed.engines.base import EngineTraits, PieceResult, PreparedPiece, Segment
 from transcribed.errors import ConfigError, PermanentError, RetryableError
-from transcribed.media import child_environment
+from transcribed.media import OWN_GROUP, child_environment
 from transcribed.planning import SAMPLE_RATE, PieceLimits
 from transcribed.retry import RetryPolicy
 from transcribed.workers import LineReader
@@ -92,6 +92,7 @@ class _Worker:
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             env=env,
+            **OWN_GROUP,
         )
         worker = cls(process)
         try:

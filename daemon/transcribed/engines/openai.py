@@ -67,7 +67,7 @@ from transcribed.errors import (
     UnreachableError,
     UnusableAnswerError,
 )
-from transcribed.media import child_environment
+from transcribed.media import OWN_GROUP, child_environment
 from transcribed.planning import SAMPLE_RATE, PieceLimits
 from transcribed.retry import RetryPolicy
 from transcribed.timing import time_text
@@ -166,7 +166,7 @@ async def encode_piece(
         with trio.fail_after(timeout):
             result = await trio.run_process(
                 command, stdin=payload, capture_stdout=True, capture_stderr=True, check=False,
-                env=child_environment(),
+                env=child_environment(), **OWN_GROUP,
             )  # fmt: skip
     except trio.TooSlowError:
         raise RetryableError("encoding a piece for upload took too long") from None

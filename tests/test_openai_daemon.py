@@ -268,6 +268,27 @@ async def test_an_unusable_answer_costs_one_retry_and_a_second_makes_the_service
     assert state["cost"]["spent_upper_bound"] > state["cost"]["spent"] > 0
 
 
+async def test_a_resumed_job_still_counts_the_doubtful_attempts_of_its_journaled_pieces(tmp_path: Path, media: Callable[..., Path]) -> None:
+    """A piece whose first attempt was lost after its whole upload (maybe billed) is journaled;
+    the quota then runs out and the daemon is stopped. Restarted, the job finishes, and its
+    spent cost's upper bound still counts that lost attempt: the journal kept it with the piece."""
+    async with serving() as (server, url):
+        server.script.extend(["close_after_body", None, None, "quota"])  # piece 1 takes the slot before piece 0 retries
+        config = openai_config(tmp_path, url, drain_timeout=1, **{"openai.max_concurrent_requests": 1, "openai.quota_retry_interval": 600})
+        async with daemon(config):
+            drop(tmp_path, media("hearing.mp3", TWO_CITIES), "hearing.mp3")
+            path = tmp_path / "outbox" / "hearing.progress.json"
+            await wait_until(lambda: path.exists() and progress(tmp_path, "hearing")["state"] == "waiting")
+            first = progress(tmp_path, "hearing")
+        assert first["waiting_reason"].startswith("quota: ") and first["pieces"]["done"] == 2
+        doubtful = first["cost"]["spent_upper_bound"] - first["cost"]["spent"]
+        assert doubtful > 0
+        async with daemon(config):
+            state = await finished(tmp_path, "hearing")
+    assert state["state"] == "done" and state["pieces"]["done"] >= 3
+    assert abs(state["cost"]["spent_upper_bound"] - state["cost"]["spent"] - doubtful) <= 0.0001
+
+
 async def test_a_request_that_may_have_been_billed_counts_in_the_spent_upper_bound(tmp_path: Path, media: Callable[..., Path]) -> None:
     """A connection closed after the whole body was read may have been billed: the spent cost
     counts answered pieces only, its upper bound adds the lost attempt (the one piece's price

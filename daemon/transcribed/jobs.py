@@ -439,7 +439,7 @@ class PieceScheduler:
             self.committed += previous[1].cost
             self.reused += 1
             metrics.count_piece("reused")
-            self._count(piece.span, previous[1])
+            self._count(piece.span, previous[1], doubtful=previous[1].possibly_billed_cost)
             return
         if self._interrupted or self.job.services.draining.is_set():
             self._interrupted = True
@@ -497,7 +497,9 @@ class PieceScheduler:
             ) from exc
         self._count(span, result)
 
-    def _count(self, span: PieceSpan, result: PieceResult) -> None:
+    def _count(self, span: PieceSpan, result: PieceResult, *, doubtful: float = 0.0) -> None:
+        """A finished piece in the job's progress. Its doubtful attempts were counted as they
+        happened (transcribe_with_retries); only a resumed piece brings them from the journal."""
         self.results[span.index] = (span, result)
         progress = self.job.progress
         self.job.update(
@@ -505,7 +507,7 @@ class PieceScheduler:
             audio_seconds_done=progress.audio_seconds_done
             + (span.keep_end - span.keep_start) / SAMPLE_RATE,
             spent_cost=progress.spent_cost + result.cost,
-            possibly_billed_cost=progress.possibly_billed_cost + result.possibly_billed_cost,
+            possibly_billed_cost=progress.possibly_billed_cost + doubtful,
         )
 
 
@@ -519,11 +521,24 @@ async def transcribe_with_retries(job: Job, index: int, piece: PreparedPiece) ->
     every retry and service wait shown in the job's progress. Raises _Abandoned when the daemon
     drains before an attempt starts."""
     services = job.services
+    counted = 0.0  # of the piece's doubtful cost, what the job's progress shows already
+
+    def count_doubtful() -> None:
+        # an attempt sent in full without a usable answer may have been billed: the spent
+        # cost's upper bound shows it at once, not only when (if ever) the piece is answered
+        nonlocal counted
+        grown = piece.ledger.possibly_billed_cost - counted
+        if grown > 0:
+            counted += grown
+            job.update(possibly_billed_cost=job.progress.possibly_billed_cost + grown)
 
     async def attempt() -> PieceResult:
         if services.draining.is_set():
             raise _Abandoned
-        return await services.engine.transcribe(piece)
+        try:
+            return await services.engine.transcribe(piece)
+        finally:
+            count_doubtful()
 
     def on_retry(error: RetryableError, failures: int) -> None:
         job.update(retries=job.progress.retries + 1, last_error=error.reason)

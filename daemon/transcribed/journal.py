@@ -121,6 +121,9 @@ class Journal:
                 "span": dataclasses.asdict(span),
                 "segments": [s.as_dict() for s in result.segments],
                 "cost": result.cost,
+                # kept so a resumed job's spent_upper_bound still counts this piece's doubtful
+                # attempts (a hang, a billed 5xx) and not only its answered one
+                "possibly_billed_cost": result.possibly_billed_cost,
             },
         )
 
@@ -137,6 +140,7 @@ class Journal:
                 result = PieceResult(
                     segments=[Segment.from_dict(s) for s in data["segments"]],
                     cost=float(data.get("cost", 0.0)),
+                    possibly_billed_cost=float(data.get("possibly_billed_cost", 0.0)),
                 )
             except (ValueError, TypeError, KeyError, UnicodeDecodeError):
                 continue  # not done after all (pieces are written atomically; a damaged disk)

@@ -181,7 +181,9 @@ async def test_a_drain_while_only_the_diarization_runs_stops_the_job_at_once(tmp
     synthetic_recording(tmp_path / "inbox" / "hearing.mp3", 20)
     async with running(config, engine, decoder=SyntheticDecoder(), watcher=no_events) as shutdown:
         await trio.sleep(30 - trio.current_time())
-        assert engine.answered_at[-1] == 3 and state_of(tmp_path, "hearing")["state"] == "merging"
+        state = state_of(tmp_path, "hearing")
+        assert engine.answered_at[-1] == 3 and state["state"] == "merging"
+        assert state["waiting_reason"] == "speakers: every piece is transcribed; finding who spoke when"
         shutdown.set()
     assert 30 <= trio.current_time() < 30.5
     assert diarization.cancelled_at == [30] and len(jobs_in(tmp_path / "work")) == 1

@@ -587,6 +587,9 @@ def merge(job: Job, scheduler: PieceScheduler) -> list[Segment]:
     return segments  # (a transcript without speech is said so by write_outputs)
 
 
+SPEAKERS_PENDING = "speakers: every piece is transcribed; finding who spoke when"
+
+
 class SpeakerPass:
     """Who spoke when, found beside the transcription: the diarization of the source starts
     when the job starts transcribing and is waited for after the merge.
@@ -664,7 +667,11 @@ async def transcribe_and_label(
         try:
             await scheduler.run()
             segments = merge(job, scheduler)
-            await speaker_pass.wait()
+            if not speaker_pass.finished.is_set():
+                # the transcript is ready and the pass is not: say what the job is waiting for
+                job.update(waiting_reason=SPEAKERS_PENDING)
+                await speaker_pass.wait()
+                job.update(waiting_reason=None)
         except Exception as exc:
             failure = exc
             nursery.cancel_scope.cancel()

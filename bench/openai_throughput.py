@@ -209,6 +209,35 @@ def last_round(stats: dict[str, Any]) -> float:
     return times[-1] - times[-CONCURRENCY] if len(times) >= CONCURRENCY else 0.0
 
 
+def slot_use(stats: dict[str, Any], start: float, end: float) -> dict[str, float]:
+    """Where the slot-seconds between the drop and done went, from the server's in-flight log:
+    the service itself (jitter included), the rest of the time requests were in flight
+    (uploads, answers on the wire, 429s), and idle slots before every slot was first busy
+    (the start), after the last moment all were busy (the last round) and in between."""
+    log = [(t, n) for t, n in stats["in_flight_log"] if start <= t <= end]
+    full = [t for t, n in log if n >= CONCURRENCY]
+    first_full, last_full = (full[0], full[-1]) if full else (end, end)
+
+    def idle(a: float, b: float) -> float:
+        """Slot-seconds idle within [a, b]: nothing is in flight before the drop."""
+        total, level, at = 0.0, 0, start
+        for t, n in [*log, (end, 0)]:
+            lo, hi = max(at, a), min(t, b)
+            if hi > lo:
+                total += (CONCURRENCY - min(level, CONCURRENCY)) * (hi - lo)
+            level, at = n, t
+        return total
+
+    idle_start, idle_mid, idle_end = idle(start, first_full), idle(first_full, last_full), idle(last_full, end)
+    total = CONCURRENCY * (end - start)
+    busy = total - idle_start - idle_mid - idle_end
+    return {
+        "service": round(stats["service_seconds"], 1), "in_flight_not_serving": round(busy - stats["service_seconds"], 1),
+        "idle_start": round(idle_start, 1), "idle_middle": round(idle_mid, 1), "idle_last_round": round(idle_end, 1),
+        "all_busy_after": round(first_full - start, 2), "all_busy_until_end": round(end - last_full, 2),
+    }  # fmt: skip
+
+
 def clean_run(server: Server, folder: Path, name: str, sources: list[Path]) -> dict[str, Any]:
     server.call("/_control", {"reset": True, "fault_rates": {}})
     print(f"{name}: {len(sources)} recording(s)...", file=sys.stderr)
@@ -245,6 +274,7 @@ def run(args: argparse.Namespace, folder: Path) -> dict[str, Any]:
             "peak_pss_mib": clean["peak_pss_mib"], "peak_rss_mib": clean["peak_rss_mib"], "peak_processes": clean["peak_processes"],
             "spent": state["cost"]["spent"],
             "last_round": round(last_round(clean["server"]), 2),
+            "slots": slot_use(clean["server"], clean["dropped"], clean["dropped"] + clean["seconds"]),
         }  # fmt: skip
         reference = outputs_of(folder / "clean", ["hearing"])
 
@@ -269,7 +299,18 @@ def run(args: argparse.Namespace, folder: Path) -> dict[str, Any]:
             "pieces_sent": len(stats["answered"]),
             "rebilled_by_client": stats["billed_requests"] - len(stats["answered"]) - stats["injected"].get("billed_error", 0),
             "peak_pss_mib": faulty["peak_pss_mib"], "spent": fstate["cost"]["spent"],
+            "slots": slot_use(stats, faulty["dropped"], faulty["dropped"] + faulty["seconds"]),
         }  # fmt: skip
+        if storm is not None:
+            # how soon after the storm every slot was busy again, and the last answer before it
+            storm_end = faulty["dropped"] + storm[0] + args.storm_seconds
+            refilled = [t for t, n in stats["in_flight_log"] if t >= storm_end and n >= CONCURRENCY]
+            answered = [t for t in stats["answer_times"] if t <= storm_end]
+            report["faults"]["storm"] = {
+                "all_busy_after_its_end": round(refilled[0] - storm_end, 2) if refilled else None,
+                "last_answer_before_its_end": round(max(answered) - storm_end, 2) if answered else None,
+                "done_after_its_end": round(faulty["dropped"] + faulty["seconds"] - storm_end, 2),
+            }
 
         if args.faults_only:
             return report
@@ -309,6 +350,8 @@ def show(report: dict[str, Any]) -> None:
     print(f"   drop -> claim       {c['claim_after_drop']:>8.2f} s   (settle interval 0.2 s)")
     print(f"   last round          {c['last_round']:>8.2f} s   (the last {CONCURRENCY} answers, first to last)")
     print(f"   claim -> 1st request{c['first_request_after_claim']:>8.2f} s   (done means <= 1 s)")
+    u = c["slots"]
+    print(f"   slot-seconds        {CONCURRENCY} x {c['seconds']:.1f} = {CONCURRENCY * c['seconds']:.0f}: service {u['service']:.0f} (the bound's {CONCURRENCY * c['bound']:.0f} without jitter), in flight but not served {u['in_flight_not_serving']:.0f}, idle: start {u['idle_start']:.0f} (all {CONCURRENCY} busy {u['all_busy_after']:.2f} s after the drop), middle {u['idle_middle']:.0f}, last round {u['idle_last_round']:.0f} ({u['all_busy_until_end']:.2f} s)")
     print(f"   peak, process tree  PSS {c['peak_pss_mib']:.0f} MiB   RSS {c['peak_rss_mib']:.0f} MiB   ({c['peak_processes']} processes at most)   (done means PSS <= 150 MiB)")
     f = report["faults"]
     hang = f"the {f['hang_at']}th request hangs" if f["hang_at"] else "no hang"
@@ -318,6 +361,11 @@ def show(report: dict[str, Any]) -> None:
     print(f"   requests {f['requests']}, retries {f['retries']}, injected {f['injected']}")
     print(f"   answered twice {f['answered_twice']}; billed {f['billed_requests']} = {f['pieces_sent']} pieces sent + {f['billed_errors']} billed 500s + {f['rebilled_by_client']} re-billed by the client")
     print(f"   peak PSS {f['peak_pss_mib']:.0f} MiB; spent ${f['spent']}")
+    u = f["slots"]
+    print(f"   slot-seconds: service {u['service']:.0f}, in flight but not served {u['in_flight_not_serving']:.0f}, idle: start {u['idle_start']:.0f}, middle {u['idle_middle']:.0f}, last round {u['idle_last_round']:.0f} ({u['all_busy_until_end']:.2f} s)")
+    if "storm" in f:
+        st = f["storm"]
+        print(f"   the storm's end: last answer before it {st['last_answer_before_its_end']} s, every slot busy again {st['all_busy_after_its_end']} s after it, done {st['done_after_its_end']} s after it")
     t = report["three"]
     if t is None:
         return

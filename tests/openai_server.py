@@ -11,8 +11,8 @@ It speaks HTTP/1.1 (h11 over Trio sockets) and behaves like `POST /v1/audio/tran
   per second, as OpenAI's x-ratelimit-reset-requests describes) and a concurrency limit, with
   429s carrying retry-after-ms, Retry-After and x-ratelimit-* headers; every such refusal is
   counted as a limit violation by the client;
-* answers after a simulated service time (`service_base + service_per_second × audio seconds`,
-  times `time_scale`) with verbose_json or json whose text is derived from the upload's bytes
+* answers a simulated service time (`service_base + service_per_second × audio seconds`,
+  times `time_scale`) after the upload's last byte (its own decoding inside that time) with verbose_json or json whose text is derived from the upload's bytes
   (sha256), so transcripts compare across runs;
 * injects faults on request: rate_limit (a 429 with a wait), server_error (500/503 after the
   body), reset (RST in the middle of the upload), close_after_body (the whole body read, then
@@ -129,6 +129,9 @@ class ServerStats:
     billed_seconds: float = 0.0  # audio seconds the server worked on and billed (answers, billed errors)
     billed_requests: int = 0
     answer_times: list[float] = field(default_factory=list)  # wall clock of each 200 answer
+    # (wall clock, requests in flight) at every change: how busy the slots were, and when
+    in_flight_log: list[tuple[float, int]] = field(default_factory=list)
+    service_seconds: float = 0.0  # the service times (jitter included) of the billed requests
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -137,6 +140,8 @@ class ServerStats:
             "billed_seconds": round(self.billed_seconds, 3),
             "billed_requests": self.billed_requests,
             "answer_times": self.answer_times,
+            "in_flight_log": self.in_flight_log,
+            "service_seconds": round(self.service_seconds, 3),
             "bodies_received": dict(self.bodies_received),
             "answered": dict(self.answered),
             "limit_violations": self.limit_violations,
@@ -296,6 +301,7 @@ class FakeOpenAI:
             self.stats.first_request_at = time.time()
         self.stats.in_flight += 1
         self.stats.max_in_flight = max(self.stats.max_in_flight, self.stats.in_flight)
+        self.stats.in_flight_log.append((time.time(), self.stats.in_flight))
         headers = {k.decode().lower(): v.decode() for k, v in request.headers}
         self._request_number += 1
         request_id = f"req_{self._request_number:06d}"
@@ -308,6 +314,7 @@ class FakeOpenAI:
             if not finished:
                 finished = True
                 self.stats.in_flight -= 1
+                self.stats.in_flight_log.append((time.time(), self.stats.in_flight))
 
         try:
             try:
@@ -408,6 +415,7 @@ class FakeOpenAI:
             raise _Reject(401, _incorrect_key(headers.get("authorization", "").removeprefix("Bearer ").strip()), code="invalid_api_key")
         length = int(headers.get("content-length", "0") or 0)
         body = await self._read_body(stream, connection, limit=UPLOAD_LIMIT, reset_at=max(1, length // 2) if fault == "reset" else None)
+        received = trio.current_time()
         digest, form, upload = _parse_form(headers.get("content-type", ""), body)
         self.stats.bodies_received[digest] += 1
         self.stats.forms.append(form)
@@ -431,9 +439,13 @@ class FakeOpenAI:
             delay *= self._random.lognormvariate(-sigma * sigma / 2, sigma)
         if fault == "slow":
             delay += settings.slow_seconds
-        await trio.sleep(delay)
+        # the service time runs from the upload's last byte: this server's own work on it (an
+        # ffmpeg child decoding it, locating it in the corpus) is part of that time, not added
+        # to it, so on a loaded machine the server still answers as the model says
+        await trio.sleep_until(received + delay)
         self.stats.billed_seconds += seconds
         self.stats.billed_requests += 1
+        self.stats.service_seconds += delay
         if fault == "billed_error":  # the work was done (and billed), then the answer was lost
             raise _Reject(500, "The server had an error while processing your request. Sorry about that!", type_="server_error")
         extra = {"openai-processing-ms": str(round(delay * 1000)), **self._limit_headers()}

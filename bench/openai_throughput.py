@@ -275,6 +275,7 @@ def run(args: argparse.Namespace, folder: Path) -> dict[str, Any]:
             "spent": state["cost"]["spent"],
             "last_round": round(last_round(clean["server"]), 2),
             "slots": slot_use(clean["server"], clean["dropped"], clean["dropped"] + clean["seconds"]),
+            "answer_to_done": round(clean["dropped"] + clean["seconds"] - max(clean["server"]["answer_times"]), 2),
         }  # fmt: skip
         reference = outputs_of(folder / "clean", ["hearing"])
 
@@ -348,7 +349,7 @@ def show(report: dict[str, Any]) -> None:
     print(f"\n1. clean, {c['audio_seconds'] / 3600:.2f} h: {c['state']}, {c['pieces']} pieces, {c['requests']} requests, {c['limit_violations']} refused for a limit, {c['answered_twice']} answered twice")
     print(f"   drop to done        {c['seconds']:>8.1f} s   bound {c['bound']:.1f} s   ratio {c['over_bound']:.3f}   (done means <= 1.15)")
     print(f"   drop -> claim       {c['claim_after_drop']:>8.2f} s   (settle interval 0.2 s)")
-    print(f"   last round          {c['last_round']:>8.2f} s   (the last {CONCURRENCY} answers, first to last)")
+    print(f"   last round          {c['last_round']:>8.2f} s   (the last {CONCURRENCY} answers, first to last); last answer -> done {c['answer_to_done']:.2f} s (merge, outputs)")
     print(f"   claim -> 1st request{c['first_request_after_claim']:>8.2f} s   (done means <= 1 s)")
     u = c["slots"]
     print(f"   slot-seconds        {CONCURRENCY} x {c['seconds']:.1f} = {CONCURRENCY * c['seconds']:.0f}: service {u['service']:.0f} (the bound's {CONCURRENCY * c['bound']:.0f} without jitter), in flight but not served {u['in_flight_not_serving']:.0f}, idle: start {u['idle_start']:.0f} (all {CONCURRENCY} busy {u['all_busy_after']:.2f} s after the drop), middle {u['idle_middle']:.0f}, last round {u['idle_last_round']:.0f} ({u['all_busy_until_end']:.2f} s)")

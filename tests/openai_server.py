@@ -132,6 +132,7 @@ class ServerStats:
     # (wall clock, requests in flight) at every change: how busy the slots were, and when
     in_flight_log: list[tuple[float, int]] = field(default_factory=list)
     service_seconds: float = 0.0  # the service times (jitter included) of the billed requests
+    stitched: int = 0  # uploads located (with a corpus) as more than one stretch of it
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -142,6 +143,7 @@ class ServerStats:
             "answer_times": self.answer_times,
             "in_flight_log": self.in_flight_log,
             "service_seconds": round(self.service_seconds, 3),
+            "stitched": self.stitched,
             "bodies_received": dict(self.bodies_received),
             "answered": dict(self.answered),
             "limit_violations": self.limit_violations,
@@ -492,7 +494,9 @@ class FakeOpenAI:
         if cap is not None and seconds > cap:
             raise _Reject(400, f"audio duration {seconds:.2f} seconds is longer than {cap:g} seconds which is the maximum for this model", code="invalid_value")
         if self.corpus is not None:
-            words = self.corpus.words_in(self.corpus.locate(pcm), len(pcm))
+            stretches = self.corpus.stretches(pcm)
+            self.stats.stitched += len(stretches) > 1
+            words = self.corpus.words_of(pcm, stretches)
         else:
             words = _words_for(data, seconds)
         text = " ".join(word for word, _, _ in words)

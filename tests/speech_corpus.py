@@ -211,6 +211,53 @@ class Corpus:
                 best = (score, low + lag - at)
         return best[1]
 
+    def words_of(self, piece: np.ndarray, stretches: list[tuple[int, int, int]] | None = None) -> list[tuple[str, float, float]]:
+        """The true words of a decoded upload, in upload time: one stretch of the corpus, or
+        several stitched end to end (the daemon leaves a long silence out of an upload)."""
+        words: list[tuple[str, float, float]] = []
+        for upload_at, samples, corpus_at in self.stretches(piece) if stretches is None else stretches:
+            shift = upload_at / RATE
+            words.extend((t, round(s + shift, 3), round(e + shift, 3)) for t, s, e in self.words_in(corpus_at, samples))
+        return words
+
+    def stretches(self, piece: np.ndarray) -> list[tuple[int, int, int]]:
+        """(upload sample, samples, corpus sample) of each stretch of the corpus in the upload.
+        Candidate seams are the middles of the upload's inner pauses of 0.6 s or more; the
+        upload is located whole, each part between seams is checked against that location
+        sample by sample, and a part that does not match starts a stretch located anew."""
+        level = 10 * np.log10(np.mean(piece[: len(piece) // FRAME * FRAME].astype(np.float64).reshape(-1, FRAME) ** 2, axis=1) + 1.0)
+        if len(level) == 0:
+            return [(0, len(piece), self.locate(piece))]
+        quiet = level < np.percentile(level, 5) + 6.0
+        edges = np.flatnonzero(np.diff(np.concatenate([[0], quiet.astype(np.int8), [0]])))
+        seams = [(a + b) // 2 * FRAME for a, b in zip(edges[0::2], edges[1::2]) if a > 0 and b < len(level) and b - a >= 0.6 * RATE // FRAME]
+        bounds = [0, *seams, len(piece)]
+        whole = self.locate(piece)  # corpus sample = upload sample + delta, for each run
+        runs: list[tuple[int, int]] = []  # (upload sample, delta) where each run starts
+        for start, end in zip(bounds, bounds[1:]):
+            part = piece[start:end]
+            if runs and self._match(part, start + runs[-1][1]) is not None:
+                continue
+            found = self._match(part, start + whole)
+            if found is None:
+                found = self._match(part, self.locate(part))
+            runs.append((start, (self.locate(part) if found is None else found) - start))
+        ends = [start for start, _ in runs[1:]] + [len(piece)]
+        return [(start, end - start, start + delta) for (start, delta), end in zip(runs, ends, strict=True)]
+
+    def _match(self, part: np.ndarray, at: int) -> int | None:
+        """Where `part` is the corpus, if it is within two frames of sample `at`."""
+        low = max(0, at - 2 * FRAME)
+        region = self.pcm[low : at + len(part) + 2 * FRAME].astype(np.float64)
+        segment = part.astype(np.float64)
+        if len(region) < len(segment) or len(segment) == 0:
+            return None
+        size = 1 << int(np.ceil(np.log2(len(region) + len(segment))))
+        lags = np.fft.irfft(np.fft.rfft(region, size) * np.conj(np.fft.rfft(segment, size)), size)[: len(region) - len(segment) + 1]
+        lag = int(np.argmax(lags))
+        norm = np.sqrt(np.sum(segment**2) * np.sum(region[lag : lag + len(segment)] ** 2)) or 1.0
+        return low + lag if float(lags[lag] / norm) > 0.5 else None
+
     def words_in(self, offset: int, samples: int) -> list[tuple[str, float, float]]:
         """The words whose centres fall in [offset, offset + samples), in piece time."""
         start, end = offset / RATE, (offset + samples) / RATE

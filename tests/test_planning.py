@@ -17,6 +17,7 @@ from transcribed.cutting import PieceCutter
 from transcribed.journal import JobRecord, Journal
 from transcribed.planning import (
     FRAMES_PER_SECOND,
+    PLAN_RULES,
     SAMPLE_RATE,
     NoiseFloor,
     PieceLimits,
@@ -245,7 +246,7 @@ def test_the_journal_keeps_the_claim_and_parallelism_of_the_first_planning(tmp_p
     record, limits = journal.fix_limits(record, first)
     assert limits == first
     saved = json.loads((journal.folder / "job.json").read_text())["limits"]
-    assert saved["total_seconds"] == 7200.0 and saved["parallelism"] == 16 and saved["plan_rules"] == 2
+    assert saved["total_seconds"] == 7200.0 and saved["parallelism"] == 16 and saved["plan_rules"] == PLAN_RULES
     _, resumed = journal.fix_limits(journal.load(), WHISPER.scheduled(total_seconds=None, parallelism=4))
     assert resumed == first
 
@@ -404,3 +405,52 @@ def test_the_plan_and_its_silence_do_not_depend_on_the_decoder_blocks(speech: tu
     assert any(silent for _, silent in reference) and not all(silent for _, silent in reference)
     for block in (1000, 4093, 320 * 7, 160_000):
         assert [(p.span, p.silent) for p in cut_with(audio, limits, block)] == reference
+
+
+def groups_of(pieces: list) -> list[list]:
+    """The requests a plan makes: each piece with sound, with those stitched to it."""
+    groups: list[list] = []
+    for piece in sent(pieces):
+        if piece.joins and groups:
+            groups[-1].append(piece)
+        else:
+            groups.append([piece])
+    return groups
+
+
+def test_speech_on_either_side_of_a_long_silence_goes_in_one_request(speech: tuple[np.ndarray, list]) -> None:
+    """Ten seconds of speech, 20 muted seconds, the rest of the minute, in 30-45 s windows: the
+    first request carries the ten seconds and the speech after the silence up to the window's
+    end, the silence left out but for half a second on either side (before this, the ten
+    seconds went alone); the pieces stay apart, each with its own span, and every word is sent.
+    A job journaled by the second rules (no stitching) re-plans to requests as before."""
+    pcm, words = speech
+    pause = next(end for (_, _, end), (_, start, _) in zip(words, words[1:], strict=False) if end > 10 and start - end > 0.3)
+    first = pcm[: round((pause + 0.15) * SAMPLE_RATE)]
+    audio = np.concatenate([first, np.zeros(20 * SAMPLE_RATE, dtype=np.int16), pcm])
+    pieces = cut_with(audio, LIMITS)
+    group = groups_of(pieces)[0]
+    assert len(group) == 2 and not group[0].joins and group[1].joins
+    assert group[0].span.end <= len(first) + SAMPLE_RATE // 2 + 320
+    assert group[1].span.start >= len(first) + 19 * SAMPLE_RATE
+    assert LIMITS.min_seconds <= sum(p.span.seconds for p in group) <= LIMITS.max_seconds
+    assert any(p.silent and group[0].span.end <= p.span.start < group[1].span.start for p in pieces)
+    assert words_not_sent(pieces, words[: len([w for w in words if w[2] <= pause])], 0) == []
+    assert words_not_sent(pieces, words, len(first) + 20 * SAMPLE_RATE) == []
+    second_rules = PieceLimits.from_dict({**LIMITS.as_dict(), "plan_rules": 2})
+    before = groups_of(cut_with(audio, second_rules))
+    assert len(before[0]) == 1 and before[0][0].span.end == group[0].span.end
+    assert before[1][0].span.start == group[1].span.start and not before[1][0].joins
+
+
+def test_a_stitched_request_stays_within_the_window_and_silences_no_longer_decide_the_count(speech: tuple[np.ndarray, list]) -> None:
+    """Twenty s of speech then 12 muted s, eight times over, in 30-45 s windows: no request
+    carries more than 45 s, and there are fewer requests than pieces with sound (the silences
+    no longer cut a window short)."""
+    pcm, _ = speech
+    audio = np.concatenate([np.concatenate([pcm[: 20 * SAMPLE_RATE], np.zeros(12 * SAMPLE_RATE, dtype=np.int16)]) for _ in range(8)])
+    pieces = cut_with(audio, LIMITS)
+    groups = groups_of(pieces)
+    assert all(sum(p.span.seconds for p in group) <= LIMITS.max_seconds for group in groups)
+    assert len(groups) < len(sent(pieces))
+    assert len(groups) < len(groups_of(cut_with(audio, PieceLimits.from_dict({**LIMITS.as_dict(), "plan_rules": 2}))))

@@ -306,8 +306,10 @@ async def test_the_same_name_twice_in_one_profile_never_overwrites(tmp_path: Pat
     outbox/spanish/, and the inbox's own talk.mp3 is talk in outbox/; the hooks are told where
     each job's transcripts are, and its profile."""
     root = tmp_path / "root"
-    summaries = tmp_path / "summaries.jsonl"
-    hook = f'[notify]\ncommand = ["sh", "-c", "cat >> {summaries}; echo >> {summaries}"]\n'
+    summaries = tmp_path / "summaries"
+    summaries.mkdir()
+    # each announcement in a file of its own: two hooks may run at once
+    hook = f'[notify]\ncommand = ["sh", "-c", "cat > $(mktemp -p {summaries})"]\n'
     config = daemon_config(root, hook + '[profiles.spanish]\noutputs = ["txt"]\n', outputs="txt")
     with trio.fail_after(60):
         async with daemon_with(config, EnginesByConfig()):
@@ -320,7 +322,7 @@ async def test_the_same_name_twice_in_one_profile_never_overwrites(tmp_path: Pat
     assert files_in(root / "outbox" / "spanish") == ["talk-2.progress.json", "talk-2.txt", "talk.progress.json", "talk.txt"]
     assert files_in(root / "done" / "spanish") == ["talk-2.mp3", "talk.mp3"]
     assert files_in(root / "outbox") == ["talk.progress.json", "talk.txt"]
-    told = sorted((summary["source"], summary["profile"], summary["outputs"]) for summary in map(json.loads, filter(None, summaries.read_text().splitlines())))
+    told = sorted((summary["source"], summary["profile"], summary["outputs"]) for summary in (json.loads(path.read_text()) for path in summaries.iterdir()))
     assert told == [
         ("spanish/talk.mp3", "spanish", [str(root / "outbox" / "spanish" / "talk-2.txt")]),
         ("spanish/talk.mp3", "spanish", [str(root / "outbox" / "spanish" / "talk.txt")]),

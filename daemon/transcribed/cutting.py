@@ -32,6 +32,7 @@ class Piece:
     span: PieceSpan
     audio: np.ndarray
     silent: bool
+    joins: bool = False  # sent in one request with the pieces before it (planning: stitching)
 
     @property
     def index(self) -> int:
@@ -105,19 +106,20 @@ class PieceCutter:
         start = self._previous.frame * FRAME_SAMPLES
         if end <= start:
             return []
-        return [self._piece(end=end, keep_end=end, silent=self._planner.finish())]
+        silent = self._planner.finish()
+        return [self._piece(end=end, keep_end=end, silent=silent, joins=self._planner.final_joins)]
 
     def _emit(self, cut: Cut) -> Piece:
         keep_end = cut.frame * FRAME_SAMPLES
         end = keep_end if cut.in_pause else keep_end + self._overlap
-        piece = self._piece(end=end, keep_end=keep_end, silent=cut.silent)
+        piece = self._piece(end=end, keep_end=keep_end, silent=cut.silent, joins=cut.joins)
         self._previous = cut
         # keep only what the next piece needs: from the cut, less the overlap if it was forced
         keep_from = keep_end if cut.in_pause else keep_end - self._overlap
         self._drop(keep_from - self._buffer_start)
         return piece
 
-    def _piece(self, *, end: int, keep_end: int, silent: bool) -> Piece:
+    def _piece(self, *, end: int, keep_end: int, silent: bool, joins: bool = False) -> Piece:
         keep_start = self._previous.frame * FRAME_SAMPLES
         start = keep_start if self._previous.in_pause else max(0, keep_start - self._overlap)
         end = min(end, self.samples_seen)
@@ -126,4 +128,4 @@ class PieceCutter:
             index=self._index, start=start, end=end, keep_start=keep_start, keep_end=keep_end
         )
         self._index += 1
-        return Piece(span=span, audio=audio, silent=silent)
+        return Piece(span=span, audio=audio, silent=silent, joins=joins)

@@ -60,6 +60,7 @@ from transcribed.outputs import write_outputs
 from transcribed.planning import SAMPLE_RATE, PieceLimits, PieceSpan
 from transcribed.progress import JobProgress, ProgressBoard
 from transcribed.retry import call_with_retries
+from transcribed.stitching import split_result, stitched
 from transcribed.subtitles import SubtitleRules
 
 logger = structlog.get_logger()
@@ -365,6 +366,8 @@ class PieceScheduler:
         self.cap = cost_cap(job)
         self.committed = 0.0  # the cost of every piece sent or reused so far
         self._lookahead = trio.Semaphore(job.services.traits.capacity + 1)
+        self._group: list[Piece] = []  # pieces with sound gathered for the next request
+        self._group_cost = 0.0
         self._failure: Exception | None = None
         self._interrupted = False
 
@@ -429,13 +432,17 @@ class PieceScheduler:
         job.update(audio_seconds_total=seconds, estimated_cost=job.services.traits.cost(seconds))
         for piece in cutter.finish():
             await self._take(piece, nursery)
+        await self._send_group(nursery)
         job.update(pieces_total=cutter.pieces_planned)
 
     async def _take(self, piece: Piece, nursery: trio.Nursery) -> None:
-        """Account for a piece: reuse its journaled result, skip it if silent, or start
-        transcribing it. Once the daemon is draining, the piece is left for the next start."""
+        """Account for a piece: reuse its journaled result, skip it if silent, or add it to the
+        group of pieces sent in one request (planning.py, "Stitching"), sending the group before
+        it once it is complete. Once the daemon is draining, the piece is left for the next
+        start."""
         previous = self.done.get(piece.index)
         if previous is not None and previous[0] == piece.span:
+            await self._send_group(nursery)
             self.committed += previous[1].cost
             self.reused += 1
             metrics.count_piece("reused")
@@ -444,15 +451,26 @@ class PieceScheduler:
         if self._interrupted or self.job.services.draining.is_set():
             self._interrupted = True
             return
-        if piece.silent:
+        if piece.silent:  # (a silence inside a group leaves it open)
             self.silent += 1
             metrics.count_piece("silent")
             await self._finish(piece.span, PieceResult())
             return
+        if not piece.joins:
+            await self._send_group(nursery)
         cost = self.job.services.traits.cost(piece.span.seconds)
-        if self.committed + cost > self.cap:
+        if self.committed + self._group_cost + cost > self.cap:
             raise too_expensive(self.job, piece.span.end / SAMPLE_RATE, spent=self.committed)
-        self.committed += cost
+        self._group.append(piece)
+        self._group_cost += cost
+
+    async def _send_group(self, nursery: trio.Nursery) -> None:
+        """Start transcribing the pieces gathered for one request, if any."""
+        group, self._group = self._group, []
+        if not group:
+            return
+        self.committed += self._group_cost
+        self._group_cost = 0.0
         await self._lookahead.acquire()
         await self.job.services.preparers.acquire()  # the decode waits here: PCM never piles up
         if self.job.services.draining.is_set():
@@ -461,25 +479,29 @@ class PieceScheduler:
             self._interrupted = True
             return
         nursery.start_soon(
-            self._transcribe, piece, nursery.cancel_scope, name=f"piece-{piece.index}"
+            self._transcribe, group, nursery.cancel_scope, name=f"piece-{group[0].index}"
         )
 
-    async def _transcribe(self, piece: Piece, scope: trio.CancelScope) -> None:
-        job, span = self.job, piece.span
+    async def _transcribe(self, group: list[Piece], scope: trio.CancelScope) -> None:
+        job = self.job
+        spans = [piece.span for piece in group]
         try:
             # prepared once, before the gate: a retry never encodes again, and a request slot
             # is never spent encoding; the samples go (unless the engine keeps them)
             try:
-                prepared = await job.services.engine.prepare(piece.audio)
+                prepared = await job.services.engine.prepare(stitched([p.audio for p in group]))
             finally:
                 self.job.services.preparers.release()
-            del piece
+            del group
             job.update(pieces_in_flight=job.progress.pieces_in_flight + 1)
             try:
-                result = await transcribe_with_retries(job, span.index, prepared)
+                result = await transcribe_with_retries(job, spans[0].index, prepared)
             finally:
                 job.update(pieces_in_flight=job.progress.pieces_in_flight - 1)
-            await self._finish(span, result)
+            for span, part in zip(
+                spans, split_result(result, [span.seconds for span in spans]), strict=True
+            ):
+                await self._finish(span, part)
         except _Abandoned:
             self._interrupted = True
         except Exception as exc:

@@ -31,9 +31,19 @@ heard. Speech rises well above its own floor, so a quiet speaker after a loud on
 A window that opens with silence is cut where the sound starts, and a long silence inside a
 window is cut out, so silence becomes pieces of its own, as long as the window allows.
 
+Stitching. A long silence cut out of the pieces would end a piece early and start a new window
+after it: the recording's silences, not its length, would decide how many requests it takes
+(a 2-hour hearing with a pause of 12 s every minute or two: 113 requests, 70 silent pieces, the
+shortest sent piece 2 s). So a piece that ends where a long silence begins leaves its group
+open: the next piece with sound is planned in the rest of the same window (the window, less
+what the group already holds) and marked `joins`, to be sent in one request with the pieces
+before it, the silence between them left out. The seam keeps `SILENCE_MARGIN_SECONDS` of the
+silence on either side, so the model hears a pause there. Pieces stay what the journal keeps:
+each has its own span and its own result, split back out of the request's answer.
+
 `plan_rules` versions these rules: a job journaled under the first rules (no schedule, no
 silence cuts, digital silence in the floor, the floor heard a decoder block at a time) is
-re-planned by them, to the same pieces.
+re-planned by them, to the same pieces; one journaled under the second (no stitching) by those.
 """
 
 from __future__ import annotations
@@ -51,7 +61,7 @@ FRAMES_PER_SECOND = SAMPLE_RATE // FRAME_SAMPLES
 _FLOOR_DB = -100.0
 _HIST_BINS = 200  # 0.5 dB bins from -100 dB to 0 dB
 
-PLAN_RULES = 2  # the rules new jobs are planned by (see the module docstring)
+PLAN_RULES = 3  # the rules new jobs are planned by (see the module docstring)
 # The schedule's defaults, chosen with bench/piece_plan.py (the figures are in bench/README.md).
 SCHEDULE_FACTOR = 1.5
 MIN_TARGET_SECONDS = 20.0
@@ -67,6 +77,8 @@ SMOOTH_FRAMES = 10  # silence is judged on 200 ms averages: one loud frame is a 
 LEADING_SILENCE_SECONDS = 2.0  # a window opening with this much silence has it cut off
 LONG_SILENCE_SECONDS = 10.0  # a silence this long inside a window is cut out of the pieces
 SILENCE_MARGIN_SECONDS = 0.5  # left to the speech on either side of a silence cut
+# A group stays open for the next piece with sound only if the window has this much left for it
+MIN_JOIN_SECONDS = 5.0
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -156,6 +168,17 @@ class Cut:
     frame: int
     in_pause: bool
     silent: bool = False
+    joins: bool = False  # the piece that ends here is sent with the pieces before it (stitched)
+
+
+@dataclass(frozen=True, slots=True)
+class _Decision:
+    """Where a window is cut, before silence is judged; `before_silence`: where a long silence
+    begins."""
+
+    frame: int
+    in_pause: bool
+    before_silence: bool = False
 
 
 def frame_loudness(samples: np.ndarray) -> np.ndarray:
@@ -220,6 +243,10 @@ class PiecePlanner:
         self._leading_silence = round(LEADING_SILENCE_SECONDS * FRAMES_PER_SECOND)
         self._long_silence = round(LONG_SILENCE_SECONDS * FRAMES_PER_SECOND)
         self._margin = round(SILENCE_MARGIN_SECONDS * FRAMES_PER_SECOND)
+        self._min_join = round(MIN_JOIN_SECONDS * FRAMES_PER_SECOND)
+        # stitching: frames of sound the open group holds (0: no group is open)
+        self._carry = 0
+        self.final_joins = False  # after finish(): the last piece is stitched to the open group
 
     def feed(self, loudness: np.ndarray, emphasised: np.ndarray | None = None) -> list[Cut]:
         """Take the next frames (and the same frames after pre-emphasis); return the cuts that
@@ -232,9 +259,7 @@ class PiecePlanner:
         self._pending_emphasised = np.concatenate([self._pending_emphasised, emphasised])
         cuts: list[Cut] = []
         while (cut := self._next_cut()) is not None:
-            cuts.append(
-                Cut(frame=self._pending_start + cut.frame, in_pause=cut.in_pause, silent=cut.silent)
-            )
+            cuts.append(dataclasses.replace(cut, frame=self._pending_start + cut.frame))
             self._pending = self._pending[cut.frame :]
             self._pending_emphasised = self._pending_emphasised[cut.frame :]
             self._pending_start += cut.frame
@@ -243,7 +268,13 @@ class PiecePlanner:
     def finish(self) -> bool:
         """Whether what follows the last cut (the recording's last piece) is silent."""
         self._hear(len(self._pending))
-        return self._is_silent(len(self._pending))
+        silent = self._is_silent(len(self._pending))
+        # stitched only if the group still fits its window
+        _, _, longest = self._window()
+        self.final_joins = (
+            not silent and 0 < self._carry and self._carry + len(self._pending) <= longest
+        )
+        return silent
 
     def _hear(self, frames: int) -> None:
         """Add the pending frames up to `frames` to the floors, each frame once."""
@@ -289,16 +320,32 @@ class PiecePlanner:
             if lead >= self._leading_silence:
                 # the silence goes on past the window, or ends where the sound starts
                 end = lead if lead == examined else lead - self._margin
-                return Cut(frame=end, in_pause=True, silent=self._is_silent(end))
-        cut = self._decide(longest, target, shortest)
-        return Cut(frame=cut.frame, in_pause=cut.in_pause, silent=self._is_silent(cut.frame))
+                return self._grouped(Cut(frame=end, in_pause=True, silent=self._is_silent(end)))
+        carry = self._carry if self._rules >= 3 else 0
+        if carry and target - carry < self._min_join:
+            carry = self._carry = 0  # too little room left: the group closes, a new one opens
+        cut = self._decide(longest - carry, max(1, target - carry), max(1, shortest - carry))
+        return self._grouped(
+            Cut(frame=cut.frame, in_pause=cut.in_pause, silent=self._is_silent(cut.frame)),
+            before_silence=cut.before_silence,
+        )
 
-    def _decide(self, longest: int, target: int, shortest: int) -> Cut:
+    def _grouped(self, cut: Cut, *, before_silence: bool = False) -> Cut:
+        """The cut, marked `joins` when its piece is stitched to the open group; the group
+        stays open after a piece that ends where a long silence begins, and across silent
+        pieces, and closes after any other piece with sound."""
+        if self._rules < 3 or cut.silent:
+            return cut
+        joins = self._carry > 0
+        self._carry = self._carry + cut.frame if before_silence else 0
+        return dataclasses.replace(cut, joins=joins)
+
+    def _decide(self, longest: int, target: int, shortest: int) -> _Decision:
         window = self._pending[:longest]
         if self._rules >= 2:
             silence = self._long_silence_start(longest)
             if silence is not None:
-                return Cut(frame=silence + self._margin, in_pause=True)
+                return _Decision(frame=silence + self._margin, in_pause=True, before_silence=True)
             quiet = window < max(self._floor.pause_threshold(), DIGITAL_SILENCE_DB)
         else:
             quiet = window < self._floor.pause_threshold()
@@ -313,13 +360,13 @@ class PiecePlanner:
             if best is None or score > best[0]:
                 best = (score, center)
         if best is not None:
-            return Cut(frame=best[1], in_pause=True)
+            return _Decision(frame=best[1], in_pause=True)
         # No pause: cut at the quietest 200 ms between the target and the end of the window,
         # leaving room for the overlap with the next piece.
         low = min(target, longest - self._overlap - 1)
         high = max(low + 1, longest - self._overlap)
         smooth = np.convolve(window, np.ones(10) / 10, mode="same")
-        return Cut(frame=low + int(np.argmin(smooth[low:high])), in_pause=False)
+        return _Decision(frame=low + int(np.argmin(smooth[low:high])), in_pause=False)
 
     # Silence: a stretch is silent when its loudest 200 ms is digital silence, or stays within
     # QUIET_MARGIN_DB of the floor (and under the pause threshold), or, in its emphasised

@@ -336,8 +336,9 @@ class PiecePlanner:
         pieces, and closes after any other piece with sound."""
         if self._rules < 3 or cut.silent:
             return cut
-        joins = self._carry > 0
-        self._carry = self._carry + cut.frame if before_silence else 0
+        joins = 0 < self._carry and self._carry + cut.frame <= self._max  # (one request's most)
+        held = self._carry if joins else 0
+        self._carry = held + cut.frame if before_silence else 0
         return dataclasses.replace(cut, joins=joins)
 
     def _decide(self, longest: int, target: int, shortest: int) -> _Decision:

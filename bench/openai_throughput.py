@@ -249,6 +249,43 @@ def clean_run(server: Server, folder: Path, name: str, sources: list[Path]) -> d
     return result
 
 
+def fault_mix(args: argparse.Namespace, server: Server, folder: Path, main_source: Path, seed: int, clean: dict[str, Any], reference: dict[str, bytes]) -> dict[str, Any]:
+    """The fault mix on the clean run's recording, with the faults drawn from `seed`."""
+    rates = {"reset": 0.03, "billed_error": 0.05, "server_error": 0.05, "bad_gateway": 0.05, "unavailable": 0.05}
+    if "trickle" in FAULTS:
+        rates["trickle"] = 0.03
+    script = [None] * (args.hang_at - 1) + ["hang"] if args.hang_at else []
+    server.call("/_control", {"reset": True, "fault_rates": rates, "seed": seed, "script": script})
+    print(f"the fault mix (seed {seed})...", file=sys.stderr)
+    storm = (10.0, lambda: server.call("/_control", {"storm_seconds": args.storm_seconds})) if args.storm_seconds else None
+    faulty = run_daemon_on(folder / f"faults-{seed}", server.url, [main_source], during=storm)
+    stats = server.call("/_stats")
+    fstate = faulty["states"]["hearing"]
+    pieces = fstate["pieces"]["total"]
+    result = {
+        "rates": rates, "trickle_seconds": args.trickle_seconds, "storm_seconds": args.storm_seconds, "hang_at": args.hang_at, "seconds": round(faulty["seconds"], 2), "over_clean": round(faulty["seconds"] / clean["seconds"], 3),
+        "state": fstate["state"], "identical": fstate["state"] == "done" and outputs_of(folder / f"faults-{seed}", ["hearing"]) == reference,
+        "requests": stats["requests"], "injected": stats["injected"], "retries": fstate["retries"], "pieces": pieces,
+        "answered_twice": sum(1 for n in stats["answered"].values() if n > 1),
+        "billed_requests": stats["billed_requests"], "billed_errors": stats["injected"].get("billed_error", 0),
+        "pieces_sent": len(stats["answered"]),
+        "rebilled_by_client": stats["billed_requests"] - len(stats["answered"]) - stats["injected"].get("billed_error", 0),
+        "peak_pss_mib": faulty["peak_pss_mib"], "spent": fstate["cost"]["spent"],
+        "slots": slot_use(stats, faulty["dropped"], faulty["dropped"] + faulty["seconds"]),
+    }  # fmt: skip
+    if storm is not None:
+        # how soon after the storm every slot was busy again, and the last answer before it
+        storm_end = faulty["dropped"] + storm[0] + args.storm_seconds
+        refilled = [t for t, n in stats["in_flight_log"] if t >= storm_end and n >= CONCURRENCY]
+        answered = [t for t in stats["answer_times"] if t <= storm_end]
+        result["storm"] = {
+            "all_busy_after_its_end": round(refilled[0] - storm_end, 2) if refilled else None,
+            "last_answer_before_its_end": round(max(answered) - storm_end, 2) if answered else None,
+            "done_after_its_end": round(faulty["dropped"] + faulty["seconds"] - storm_end, 2),
+        }
+    return result
+
+
 def run(args: argparse.Namespace, folder: Path) -> dict[str, Any]:
     report: dict[str, Any] = {}
     main_source = recording(folder, "hearing", args.hours, seed=7)
@@ -279,39 +316,10 @@ def run(args: argparse.Namespace, folder: Path) -> dict[str, Any]:
         }  # fmt: skip
         reference = outputs_of(folder / "clean", ["hearing"])
 
-        # 2. the fault mix
-        rates = {"reset": 0.03, "billed_error": 0.05, "server_error": 0.05, "bad_gateway": 0.05, "unavailable": 0.05}
-        if "trickle" in FAULTS:
-            rates["trickle"] = 0.03
-        script = [None] * (args.hang_at - 1) + ["hang"] if args.hang_at else []
-        server.call("/_control", {"reset": True, "fault_rates": rates, "seed": 11, "script": script})
-        print("the fault mix...", file=sys.stderr)
-        storm = (10.0, lambda: server.call("/_control", {"storm_seconds": args.storm_seconds})) if args.storm_seconds else None
-        faulty = run_daemon_on(folder / "faults", server.url, [main_source], during=storm)
-        stats = server.call("/_stats")
-        fstate = faulty["states"]["hearing"]
-        pieces = fstate["pieces"]["total"]
-        report["faults"] = {
-            "rates": rates, "trickle_seconds": args.trickle_seconds, "storm_seconds": args.storm_seconds, "hang_at": args.hang_at, "seconds": round(faulty["seconds"], 2), "over_clean": round(faulty["seconds"] / clean["seconds"], 3),
-            "state": fstate["state"], "identical": fstate["state"] == "done" and outputs_of(folder / "faults", ["hearing"]) == reference,
-            "requests": stats["requests"], "injected": stats["injected"], "retries": fstate["retries"], "pieces": pieces,
-            "answered_twice": sum(1 for n in stats["answered"].values() if n > 1),
-            "billed_requests": stats["billed_requests"], "billed_errors": stats["injected"].get("billed_error", 0),
-            "pieces_sent": len(stats["answered"]),
-            "rebilled_by_client": stats["billed_requests"] - len(stats["answered"]) - stats["injected"].get("billed_error", 0),
-            "peak_pss_mib": faulty["peak_pss_mib"], "spent": fstate["cost"]["spent"],
-            "slots": slot_use(stats, faulty["dropped"], faulty["dropped"] + faulty["seconds"]),
-        }  # fmt: skip
-        if storm is not None:
-            # how soon after the storm every slot was busy again, and the last answer before it
-            storm_end = faulty["dropped"] + storm[0] + args.storm_seconds
-            refilled = [t for t, n in stats["in_flight_log"] if t >= storm_end and n >= CONCURRENCY]
-            answered = [t for t in stats["answer_times"] if t <= storm_end]
-            report["faults"]["storm"] = {
-                "all_busy_after_its_end": round(refilled[0] - storm_end, 2) if refilled else None,
-                "last_answer_before_its_end": round(max(answered) - storm_end, 2) if answered else None,
-                "done_after_its_end": round(faulty["dropped"] + faulty["seconds"] - storm_end, 2),
-            }
+        # 2. the fault mix, once per fault seed (where the faults land changes with it)
+        runs = [fault_mix(args, server, folder, main_source, seed, clean, reference) for seed in args.fault_seeds]
+        report["faults"] = runs[0]
+        report["fault_runs"] = [{"seed": seed, "seconds": r["seconds"], "over_clean": r["over_clean"], "identical": r["identical"], "answered_twice": r["answered_twice"], "rebilled_by_client": r["rebilled_by_client"], "injected": r["injected"]} for seed, r in zip(args.fault_seeds, runs, strict=True)]  # fmt: skip
 
         if args.faults_only:
             return report
@@ -367,6 +375,8 @@ def show(report: dict[str, Any]) -> None:
     if "storm" in f:
         st = f["storm"]
         print(f"   the storm's end: last answer before it {st['last_answer_before_its_end']} s, every slot busy again {st['all_busy_after_its_end']} s after it, done {st['done_after_its_end']} s after it")
+    if len(report.get("fault_runs", [])) > 1:
+        print("   by fault seed: " + ", ".join(f"{r['seed']}: {r['seconds']:.1f} s = {r['over_clean']:.2f} x (identical {r['identical']}, answered twice {r['answered_twice']}, re-billed {r['rebilled_by_client']})" for r in report["fault_runs"]))
     t = report["three"]
     if t is None:
         return
@@ -386,6 +396,7 @@ def main() -> None:
     parser.add_argument("--storm-seconds", type=float, default=60.0, help="the 429 storm's length (0: none)")
     parser.add_argument("--hang-at", type=int, default=31, help="which request hangs (0: none)")
     parser.add_argument("--faults-only", action="store_true", help="the clean run and the fault mix only")
+    parser.add_argument("--fault-seeds", type=lambda text: [int(x) for x in text.split(",")], default=[11], help="run the fault mix once per seed, e.g. 11,12,13 (the first is shown in full)")
     args = parser.parse_args()
     if args.keep:
         args.keep.mkdir(parents=True, exist_ok=True)

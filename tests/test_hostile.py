@@ -4,11 +4,13 @@ the network. The daemon runs in-process on real ffmpeg with the fake engine."""
 
 from __future__ import annotations
 
+import gc
 import json
 import os
 import shutil
 import socket
 import struct
+import tracemalloc
 from collections.abc import Callable
 from pathlib import Path
 
@@ -241,7 +243,10 @@ async def test_a_full_disk_pauses_intake_and_jobs_until_space_returns(tmp_path: 
 @pytest.mark.slow
 async def test_five_hundred_files_at_once_leave_memory_and_open_files_flat(tmp_path: Path, fake_engine: FakeEngine) -> None:
     """A burst of 500 short recordings is transcribed in full; the daemon's open files come back
-    to where they were and its memory grows by no more than a few MiB."""
+    to where they were, and what it still holds afterwards (every Python allocation, traced)
+    grows by a few KiB a job at most: a piece's samples kept per job would be 24 MiB. Resident
+    memory is only a backstop: the allocator keeps freed pages as it likes (the same burst
+    ends 20-60 MiB up, in steps that go down as well as up, before and after any change)."""
     staging = tmp_path / "staging"
     staging.mkdir()
     seed = staging / "seed.wav"
@@ -258,15 +263,24 @@ async def test_five_hundred_files_at_once_leave_memory_and_open_files_flat(tmp_p
             while not (root / "outbox" / "warm-up.txt").exists():
                 await trio.sleep(0.2)
         await trio.sleep(1.0)
-        files_before, memory_before = me.num_fds(), me.memory_info().rss
-        for i in range(500):
-            os.rename(staging / f"clip-{i:03d}.wav", root / "inbox" / f"clip-{i:03d}.wav")
-        with trio.fail_after(600):
-            while len(list((root / "outbox").glob("clip-*.txt"))) < 500:
-                await trio.sleep(0.5)
-        await trio.sleep(1.0)
-        files_after, memory_after = me.num_fds(), me.memory_info().rss
+        tracemalloc.start()
+        try:
+            gc.collect()
+            files_before, memory_before = me.num_fds(), me.memory_info().rss
+            traced_before = tracemalloc.get_traced_memory()[0]
+            for i in range(500):
+                os.rename(staging / f"clip-{i:03d}.wav", root / "inbox" / f"clip-{i:03d}.wav")
+            with trio.fail_after(600):
+                while len(list((root / "outbox").glob("clip-*.txt"))) < 500:
+                    await trio.sleep(0.5)
+            await trio.sleep(1.0)
+            gc.collect()
+            files_after, memory_after = me.num_fds(), me.memory_info().rss
+            traced_after = tracemalloc.get_traced_memory()[0]
+        finally:
+            tracemalloc.stop()
     assert len(os.listdir(root / "done")) == 501 and jobs_in(root / "work") == []
     assert files_after <= files_before + 2
-    assert memory_after - memory_before < 64 << 20
-    print(f"500-file burst: open files {files_before} -> {files_after}, RSS {memory_before >> 20} -> {memory_after >> 20} MiB")
+    assert traced_after - traced_before < 8 << 20
+    assert memory_after - memory_before < 160 << 20
+    print(f"500-file burst: open files {files_before} -> {files_after}, traced {(traced_after - traced_before) >> 10} KiB more, RSS {memory_before >> 20} -> {memory_after >> 20} MiB")

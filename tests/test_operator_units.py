@@ -109,7 +109,8 @@ def test_retry_reasons_and_waiting_labels_are_a_few_bounded_values() -> None:
 
 async def test_recording_calls_feed_only_the_active_metrics_and_count_a_failed_piece() -> None:
     """Without an active Metrics the calls do nothing; with one, a failed piece is counted
-    failed and a transcribed one adds its latency and cost."""
+    failed and a transcribed one adds its latency and cost; a request of three stitched pieces
+    counts three pieces, once for its cost."""
     from transcribed.engines.base import PieceResult
 
     metrics.count_request(200)  # no active metrics in this task: nothing to feed, no error
@@ -130,6 +131,10 @@ async def test_recording_calls_feed_only_the_active_metrics_and_count_a_failed_p
     assert 'transcribed_pieces_total{result="transcribed"} 1.0' in text
     assert 'transcribed_pieces_total{result="failed"} 1.0' in text
     assert "transcribed_cost_dollars_total 0.25" in text
+    await metrics.timed_piece(good(), pieces=3)
+    text = active.render(None, 0).decode()
+    assert 'transcribed_pieces_total{result="transcribed"} 4.0' in text
+    assert "transcribed_cost_dollars_total 0.5" in text
     assert 'transcribed_requests_total{status="timeout"} 1.0' in text
 
 

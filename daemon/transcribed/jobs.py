@@ -493,11 +493,13 @@ class PieceScheduler:
             finally:
                 self.job.services.preparers.release()
             del group
-            job.update(pieces_in_flight=job.progress.pieces_in_flight + 1)
+            job.update(pieces_in_flight=job.progress.pieces_in_flight + len(spans))
             try:
-                result = await transcribe_with_retries(job, spans[0].index, prepared)
+                result = await transcribe_with_retries(
+                    job, spans[0].index, prepared, pieces=len(spans)
+                )
             finally:
-                job.update(pieces_in_flight=job.progress.pieces_in_flight - 1)
+                job.update(pieces_in_flight=job.progress.pieces_in_flight - len(spans))
             for span, part in zip(
                 spans, split_result(result, [span.seconds for span in spans]), strict=True
             ):
@@ -538,10 +540,12 @@ class _Abandoned(Exception):
     start, not sent (only pieces already in flight finish)."""
 
 
-async def transcribe_with_retries(job: Job, index: int, piece: PreparedPiece) -> PieceResult:
-    """One prepared piece through the shared gate, retried as the engine's policy says, with
-    every retry and service wait shown in the job's progress. Raises _Abandoned when the daemon
-    drains before an attempt starts."""
+async def transcribe_with_retries(
+    job: Job, index: int, piece: PreparedPiece, *, pieces: int = 1
+) -> PieceResult:
+    """One prepared upload (`pieces` stitched pieces, the first numbered `index`) through the
+    shared gate, retried as the engine's policy says, with every retry and service wait shown
+    in the job's progress. Raises _Abandoned when the daemon drains before an attempt starts."""
     services = job.services
     counted = 0.0  # of the piece's doubtful cost, what the job's progress shows already
 
@@ -581,14 +585,15 @@ async def transcribe_with_retries(job: Job, index: int, piece: PreparedPiece) ->
             job.update(state="transcribing", waiting_reason=None)
             logger.info("job.resuming", piece=index)
 
-    return await metrics.timed_piece(  # counts the piece, its latency and cost
+    return await metrics.timed_piece(  # counts the pieces, the request's latency and cost
         call_with_retries(
             attempt,
             gate=services.gate,
             policy=services.traits.retry,
             on_retry=on_retry,
             on_wait=on_wait,
-        )
+        ),
+        pieces=pieces,
     )
 
 

@@ -180,18 +180,19 @@ def count_piece(result: str) -> None:
         metrics.pieces.labels(result).inc()
 
 
-async def timed_piece(work: Awaitable[PieceResult]) -> PieceResult:
-    """Await one piece's transcription (all its attempts), counting its result, latency and cost."""
+async def timed_piece(work: Awaitable[PieceResult], *, pieces: int = 1) -> PieceResult:
+    """Await one request's transcription (all its attempts), counting its `pieces` (stitched
+    pieces share a request), its latency and cost."""
     metrics = _active.get()
     started = trio.current_time()
     try:
         result = await work
     except Exception:
         if metrics is not None:
-            metrics.pieces.labels("failed").inc()
+            metrics.pieces.labels("failed").inc(pieces)
         raise
     if metrics is not None:
-        metrics.pieces.labels("transcribed").inc()
+        metrics.pieces.labels("transcribed").inc(pieces)
         metrics.piece_latency.observe(trio.current_time() - started)
         metrics.cost.inc(result.cost)
     return result

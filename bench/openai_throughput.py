@@ -254,6 +254,8 @@ def fault_mix(args: argparse.Namespace, server: Server, folder: Path, main_sourc
     rates = {"reset": 0.03, "billed_error": 0.05, "server_error": 0.05, "bad_gateway": 0.05, "unavailable": 0.05}
     if "trickle" in FAULTS:
         rates["trickle"] = 0.03
+    if args.no_random_faults:
+        rates = {}
     script = [None] * (args.hang_at - 1) + ["hang"] if args.hang_at else []
     server.call("/_control", {"reset": True, "fault_rates": rates, "seed": seed, "script": script})
     print(f"the fault mix (seed {seed})...", file=sys.stderr)
@@ -395,6 +397,7 @@ def main() -> None:
     parser.add_argument("--trickle-seconds", type=float, default=10.0, help="how long a trickling answer takes to arrive (a few bytes a second)")
     parser.add_argument("--storm-seconds", type=float, default=60.0, help="the 429 storm's length (0: none)")
     parser.add_argument("--hang-at", type=int, default=31, help="which request hangs (0: none)")
+    parser.add_argument("--no-random-faults", action="store_true", help="the fault mix without its random faults: the storm and the hang alone, to see what each costs")
     parser.add_argument("--faults-only", action="store_true", help="the clean run and the fault mix only")
     parser.add_argument("--fault-seeds", type=lambda text: [int(x) for x in text.split(",")], default=[11], help="run the fault mix once per seed, e.g. 11,12,13 (the first is shown in full)")
     args = parser.parse_args()

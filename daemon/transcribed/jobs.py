@@ -442,7 +442,8 @@ class PieceScheduler:
         start."""
         previous = self.done.get(piece.index)
         if previous is not None and previous[0] == piece.span:
-            await self._send_group(nursery)
+            if not piece.silent:  # a silence journaled inside a group leaves it open, as it did
+                await self._send_group(nursery)
             self.committed += previous[1].cost
             self.reused += 1
             metrics.count_piece("reused")

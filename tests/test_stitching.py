@@ -95,6 +95,9 @@ def test_a_seam_keeps_every_character_of_the_text_where_words_and_tokens_differ(
     words = tuple(Word(start=8.0 + 0.5 * i, end=8.4 + 0.5 * i, text=c) for i, c in enumerate(["今日", "は", "雨", "です"]))
     first, second = split_result(PieceResult(segments=[Segment(start=8.0, end=10.0, text="今日は雨です", words=words)]), [9.2, 5.0])
     assert ([s.text for s in first.segments], [s.text for s in second.segments]) == (["今日は"], ["雨です"])
+    words = tuple(Word(start=8.0 + 0.5 * i, end=8.4 + 0.5 * i, text=w) for i, w in enumerate(["Die", "Straße", "ist", "nass"]))
+    first, second = split_result(PieceResult(segments=[Segment(start=8.0, end=10.0, text=" Die Straße ist nass.", words=words)]), [9.2, 5.0])
+    assert ([s.text for s in first.segments], [s.text for s in second.segments]) == ([" Die Straße"], [" ist nass."])
 
 
 def test_the_upload_is_the_pieces_end_to_end() -> None:

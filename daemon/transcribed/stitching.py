@@ -122,7 +122,9 @@ def _cuts_at_words(text: str, words: Sequence[Word], firsts: Sequence[int]) -> l
     """Where in `text` each of the words numbered `firsts` begins, found in order (a whole word
     where the text has word boundaries, else the letters anywhere after the last one); None
     when the words cannot all be found."""
-    folded = text.casefold()
+    folded = text.lower()
+    if len(folded) != len(text):  # a letter whose lower case is longer: no places to map back
+        return None
     cursor, places = 0, []
     for word in words:
         key = _key(word.text)
@@ -141,7 +143,8 @@ def _cuts_at_words(text: str, words: Sequence[Word], firsts: Sequence[int]) -> l
 
 def _cuts_in_proportion(text: str, shares: Sequence[float]) -> list[int]:
     """Cuts at these fractions of `text`, moved to the nearest space where it has spaces."""
-    spaces = [i for i, c in enumerate(text) if c.isspace() and text[:i].strip()]
+    lead = len(text) - len(text.lstrip())
+    spaces = [i for i, c in enumerate(text) if c.isspace() and i > lead]
     cuts: list[int] = []
     for share in shares:
         at = round(share * len(text))
@@ -152,9 +155,10 @@ def _cuts_in_proportion(text: str, shares: Sequence[float]) -> list[int]:
 
 
 def _key(text: str) -> str:
-    """A word as it is looked for in its segment's text: folded, without the punctuation (or
-    symbols) at its ends."""
-    folded = text.strip().casefold()
+    """A word as it is looked for in its segment's text: in lower case (which keeps the text's
+    length, so a place found is a place in the text), without punctuation or symbols at its
+    ends."""
+    folded = text.strip().lower()
     start, end = 0, len(folded)
     while start < end and unicodedata.category(folded[start])[0] in "PS":
         start += 1

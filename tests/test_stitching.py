@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import trio
 import trio.testing
-from conftest import FakeEngine, SyntheticDecoder, make_config, no_events, running, synthetic_recording
+from conftest import FakeEngine, SyntheticDecoder, make_config, no_events, progress, running, synthetic_recording
 from transcribed.engines.base import PieceResult, Segment, Word
 from transcribed.engines.openai import parse_answer
 from transcribed.merge import merge_pieces
@@ -142,8 +142,8 @@ async def _transcribe(root: Path, engine: FakeEngine, *, stop_after: int | None 
 
 def _state(root: Path) -> dict:
     try:
-        return json.loads((root / "outbox" / "hearing.progress.json").read_text())
-    except (FileNotFoundError, json.JSONDecodeError):
+        return progress(root, "hearing")
+    except (FileNotFoundError, json.JSONDecodeError):  # not written yet
         return {}
 
 

@@ -63,6 +63,7 @@ def _piece_at(moment: float, starts: Sequence[float]) -> int:
 
 def _cut(segment: Segment, starts: Sequence[float]) -> list[tuple[int, Segment]]:
     """The segment, in the pieces it lies in: whole, or split at the seams it crosses."""
+    whole = [(_piece_at((segment.start + segment.end) / 2, starts), segment)]
     if segment.words:
         owners = [_piece_at((w.start + w.end) / 2, starts) for w in segment.words]
         runs = [i for i in range(len(owners)) if i == 0 or owners[i] != owners[i - 1]]
@@ -91,7 +92,7 @@ def _cut(segment: Segment, starts: Sequence[float]) -> list[tuple[int, Segment]]
         if high > low:
             overlaps.append((index, low, high))
     if len(overlaps) < 2:
-        return [(_piece_at((segment.start + segment.end) / 2, starts), segment)]
+        return whole
     duration = sum(high - low for _, low, high in overlaps)
     shares = np.cumsum([high - low for _, low, high in overlaps[:-1]]) / duration
     cuts = _cuts_in_proportion(segment.text, shares.tolist())
@@ -100,7 +101,7 @@ def _cut(segment: Segment, starts: Sequence[float]) -> list[tuple[int, Segment]]
         for (index, low, high), text in zip(overlaps, _slices(segment.text, cuts), strict=True)
         if text.strip()
     ]
-    return parts or [(_piece_at((segment.start + segment.end) / 2, starts), segment)]
+    return parts or whole
 
 
 def _part(
